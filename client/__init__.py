@@ -1,0 +1,1 @@
+"""Placeholder: the client arrives with the wire issue (gRPC, proto/)."""

@@ -1,0 +1,3 @@
+from fedseed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The ``fedseed`` command.
+
+    fedseed train [--model minilm|smollm2] [--steps N] ...   # ZO fine-tuning, one process
+    fedseed fetch-assets                                      # download data, convert models
+
+User mistakes and missing assets end with one ``error:`` line and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedseed.errors import FedseedError
+
+log = logging.getLogger("fedseed")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fedseed.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        model=args.model, domain=args.domain, trainable=tuple(args.trainable or ()),
+        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+        lr=args.lr, eps=args.eps, eval_size=args.eval_size, seed=args.seed,
+        run_name=args.run_name, out_dir=Path(args.out), progress=not args.no_progress,
+    )  # fmt: skip
+    report = run_training(config)
+    print(f"accuracy before: {report.accuracy_before:.4f}")
+    print(f"accuracy after:  {report.accuracy_after:.4f}")
+    print(f"steps applied: {report.steps_applied} (skipped {report.steps_skipped}), "
+          f"{report.seconds_per_step:.3f} s/step")  # fmt: skip
+    print(f"model hash: {report.final_hash}")
+    print(f"run folder: {report.run_dir} (manifest.json, ledger.jsonl)")
+    return 0
+
+
+def _fetch_assets(args: argparse.Namespace) -> int:
+    from fedseed import data, models
+
+    print(f"VADER ratings: {data.fetch_vader(force=args.force)}")
+    print(f"all-MiniLM-L6-v2: {models.minilm_dir()}")
+    print(f"SmolLM2-135M (safetensors cache): {models.smollm2_dir()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fedseed.train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="fedseed", description="Seed-only federated ZO training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="ZO fine-tuning of a real model in one process")
+    train.add_argument("--model", default=d.model, choices=["minilm", "smollm2"])
+    train.add_argument("--domain", default=d.domain, choices=["movies", "tweets", "amazon", "nyt"])
+    train.add_argument(
+        "--trainable",
+        action="append",
+        metavar="REGEX",
+        help="parameter-name pattern to train (repeatable); default: the model's own (fedseed.train)",
+    )
+    train.add_argument("--steps", type=int, default=d.steps)
+    train.add_argument("--batch-size", type=int, default=d.batch_size)
+    train.add_argument("--max-length", type=int, default=d.max_length)
+    train.add_argument("--lr", type=float, default=None, help="default: the model's (see fedseed.train)")
+    train.add_argument("--eps", type=float, default=d.eps)
+    train.add_argument("--eval-size", type=int, default=d.eval_size)
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--run-name", default=d.run_name)
+    train.add_argument("--out", default=str(d.out_dir), help="folder for run folders")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_train)
+
+    fetch = sub.add_parser("fetch-assets", help="download VADER data, convert SmolLM2 once")
+    fetch.add_argument("--force", action="store_true")
+    fetch.set_defaults(func=_fetch_assets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except FedseedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

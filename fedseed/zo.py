@@ -1,0 +1,320 @@
+"""Zeroth-order SPSA steps whose perturbations never touch the parameters.
+
+``g = (f(θ+εz) − f(θ−εz)) / 2ε`` with ``z`` from stream v1. MeZO perturbs θ in
+place, evaluates, and perturbs back, which drifts by rounding and costs two
+extra passes. Here each trainable tensor is perturbed *on the fly*: a forward
+pre-hook on the module that owns it swaps in a temporary ``θ_t + εz_t`` for
+the duration of that module's forward only, and the forward hook swaps the
+parameter back. θ is never written during an evaluation, so it is
+bit-identical afterwards by construction, and memory stays at inference plus
+one module's perturbed weights.
+
+Typical use (one local step)::
+
+    engine = ZOEngine(model, TrainableSet.from_model(model), eps=1e-3)
+    result = engine.step(seed, loss_fn, lr=1e-6)   # None if the loss was not finite
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedseed import perturb
+from fedseed.errors import ConfigError, DuplicateTensorIdError, UnsupportedDtypeError
+from fedseed.perturb.stream import Seed, as_seed
+
+log = logging.getLogger(__name__)
+
+Distribution = Literal["rademacher", "gaussian"]
+
+
+@dataclass(frozen=True)
+class TrainableTensor:
+    """One trainable parameter with its stream address."""
+
+    name: str  # fully qualified, as model.named_parameters() gives it
+    param: nn.Parameter
+    tensor_id: int  # crc32(name), spec v1
+
+
+class TrainableSet:
+    """The ordered set of tensors a run perturbs and updates.
+
+    Built from ``model.named_parameters()`` (tied weights appear once, under
+    their first name). ``include``/``exclude`` are regular expressions matched
+    with ``re.search`` against parameter names.
+    """
+
+    def __init__(self, tensors: Sequence[TrainableTensor]) -> None:
+        if not tensors:
+            raise ConfigError("no trainable tensors selected: check the include/exclude patterns")
+        by_id: dict[int, str] = {}
+        for t in tensors:
+            if t.param.dtype not in perturb.EXACT_DTYPES:
+                raise UnsupportedDtypeError(
+                    f"trainable tensor {t.name!r} has dtype {t.param.dtype}; spec v1 perturbs "
+                    f"exactly only {', '.join(str(d) for d in perturb.EXACT_DTYPES)}. "
+                    "Cast the model (e.g. model.float()) or exclude the tensor."
+                )
+            if not t.param.is_contiguous():
+                raise ConfigError(f"trainable tensor {t.name!r} is not contiguous")
+            if t.tensor_id in by_id:
+                raise DuplicateTensorIdError(
+                    f"trainable tensors {by_id[t.tensor_id]!r} and {t.name!r} share stream id "
+                    f"0x{t.tensor_id:08x} (crc32 of the name); they would get the same "
+                    "perturbation. Exclude one of them or rename it."
+                )
+            by_id[t.tensor_id] = t.name
+        self.tensors = tuple(tensors)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> TrainableSet:
+        include_res = [re.compile(p) for p in include] if include else None
+        exclude_res = [re.compile(p) for p in exclude]
+        chosen = []
+        for name, param in model.named_parameters():
+            if include_res is not None and not any(r.search(name) for r in include_res):
+                continue
+            if any(r.search(name) for r in exclude_res):
+                continue
+            chosen.append(TrainableTensor(name, param, perturb.tensor_id(name)))
+        return cls(chosen)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @property
+    def numel(self) -> int:
+        return sum(t.param.numel() for t in self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+class MagnitudeMask:
+    """Sparse MeZO's mask: perturb only the smallest-magnitude ``fraction`` of each tensor.
+
+    The threshold is an element of the tensor itself (``kthvalue``), so every
+    replica holding the same bits derives the same mask. It is recomputed from
+    the current values each time it is asked for (each step, each replay step).
+    """
+
+    def __init__(self, fraction: float) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"mask fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction
+
+    def __call__(self, param: torch.Tensor) -> torch.Tensor | None:
+        if self.fraction >= 1.0:
+            return None
+        magnitude = param.detach().abs().reshape(-1)
+        k = max(1, math.floor(self.fraction * magnitude.numel()))
+        threshold = magnitude.float().kthvalue(k).values
+        return (magnitude.float() <= threshold).reshape(param.shape)
+
+    def describe(self) -> str:
+        return f"magnitude<={self.fraction:g}"
+
+
+MaskFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    seed: Seed
+    projected_grad: float  # g, the scalar a client reports
+    coef: float  # float32 value applied: -lr * g
+    loss: float  # (f(θ+εz) + f(θ−εz)) / 2
+
+
+def _gaussian_delta(seed: int, tensor_id: int, numel: int, device: torch.device) -> torch.Tensor:
+    """Box-Muller normals from the Philox words (stream 1): NOT bit-exact across devices.
+
+    log/cos/sin differ in the last bits between CPU and CUDA libraries, so a
+    run using Gaussian perturbations must keep every participant on one kind
+    of device; the manifest records ``gaussian`` and mixed fleets are refused.
+    """
+    from fedseed.perturb.philox import philox_words
+
+    num_blocks = -(-numel // 4)
+    words = philox_words(torch.arange(num_blocks, device=device), tensor_id, 1, perturb.seed_key(seed)).to(
+        torch.float64
+    )
+    u = (words + 0.5) / 2.0**32  # in (0, 1)
+    radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))
+    angle = 2.0 * math.pi * u[:, 1::2]
+    normals = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1)
+    return normals.reshape(-1)[:numel].to(torch.float32)
+
+
+class ZOEngine:
+    """Evaluate perturbed losses and apply (seed, coef) updates to a model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        trainable: TrainableSet,
+        eps: float = 1e-3,
+        distribution: Distribution = "rademacher",
+        mask: MaskFn | None = None,
+        backend: perturb.Backend = "auto",
+    ) -> None:
+        if not (math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"eps must be a positive finite number, got {eps}")
+        if distribution not in ("rademacher", "gaussian"):
+            raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+        self.model = model
+        self.trainable = trainable
+        self.eps = float(np.float32(eps))
+        self.distribution = distribution
+        self.mask = mask
+        self.backend = backend
+        self._owners = self._find_owners(model, trainable)
+
+    # -- perturbation on the fly --------------------------------------------------------
+
+    @staticmethod
+    def _find_owners(
+        model: nn.Module, trainable: TrainableSet
+    ) -> list[tuple[nn.Module, list[tuple[str, TrainableTensor]]]]:
+        """Each module holding a trainable parameter directly, with those slots.
+
+        A tied parameter has several owners (e.g. embeddings and LM head); each
+        owner perturbs it with the address of its canonical name.
+        """
+        by_param = {id(t.param): t for t in trainable.tensors}
+        owners = []
+        seen: set[int] = set()
+        for module in model.modules():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            slots = [
+                (attr, by_param[id(p)])
+                for attr, p in module._parameters.items()
+                if p is not None and id(p) in by_param
+            ]
+            if slots:
+                owners.append((module, slots))
+        return owners
+
+    def _apply_to(
+        self, t: TrainableTensor, dst: torch.Tensor, seeds: Sequence[int], coefs: Sequence[float]
+    ) -> None:
+        """``dst <- storage(θ_t + Σ_k coef_k z_k)`` under this engine's distribution and mask."""
+        src = t.param.detach()
+        mask = self.mask(src) if self.mask is not None else None
+        if self.distribution == "rademacher":
+            perturb.apply_entries(src, dst, t.tensor_id, seeds, coefs, mask, self.backend)
+            return
+        delta = torch.zeros(src.numel(), dtype=torch.float32, device=src.device)
+        for seed, coef in zip(seeds, coefs, strict=True):
+            delta += _gaussian_delta(seed, t.tensor_id, src.numel(), src.device) * float(np.float32(coef))
+        delta = delta.reshape(src.shape)
+        if mask is not None:
+            delta = torch.where(mask, delta, torch.zeros_like(delta))
+        dst.copy_((src.float() + delta).to(src.dtype))
+
+    def _perturbed_copy(self, t: TrainableTensor, seed: int, scale: float) -> torch.Tensor:
+        out = torch.empty_like(t.param.detach())
+        self._apply_to(t, out, [seed], [scale])
+        # Match the parameter's flag: torch picks some CPU matmul paths by it even
+        # under no_grad, and the forward must be the one the unperturbed model runs.
+        return out.requires_grad_(t.param.requires_grad)
+
+    @contextmanager
+    def perturbed(self, seed: int, scale: float) -> Iterator[None]:
+        """Within the block, forwards see ``θ + scale·z(seed)``; θ is untouched."""
+        seed = as_seed(seed)
+        visited: set[int] = set()
+        handles = []
+
+        def make_hooks(
+            slots: list[tuple[str, TrainableTensor]],
+        ) -> tuple[Callable[..., None], Callable[..., None]]:
+            def pre_hook(module: nn.Module, args: Any) -> None:
+                for attr, t in slots:
+                    module._parameters[attr] = self._perturbed_copy(t, seed, scale)  # type: ignore[assignment]
+                    visited.add(t.tensor_id)
+
+            def post_hook(module: nn.Module, args: Any, output: Any) -> None:
+                for attr, t in slots:
+                    module._parameters[attr] = t.param
+
+            return pre_hook, post_hook
+
+        try:
+            for module, slots in self._owners:
+                pre, post = make_hooks(slots)
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post, always_call=True))
+            with torch.no_grad():
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+            for module, slots in self._owners:  # restore even if a forward raised
+                for attr, t in slots:
+                    module._parameters[attr] = t.param
+        missed = [t.name for t in self.trainable.tensors if t.tensor_id not in visited]
+        if missed:
+            log.warning(
+                "%d trainable tensors were not used through their module's forward and saw "
+                "no perturbation (first: %s)",
+                len(missed),
+                missed[0],
+            )
+
+    # -- estimate and update ---------------------------------------------------------------
+
+    def estimate(self, seed: int, loss_fn: Callable[[], torch.Tensor | float]) -> StepResult | None:
+        """Two-point SPSA estimate along ``z(seed)``; None (logged) if a loss is not finite."""
+        seed = as_seed(seed)
+        with self.perturbed(seed, self.eps):
+            loss_plus = float(loss_fn())
+        with self.perturbed(seed, -self.eps):
+            loss_minus = float(loss_fn())
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            log.warning(
+                "non-finite loss at seed %d (f+ = %s, f- = %s): step skipped", seed, loss_plus, loss_minus
+            )
+            return None
+        g = (loss_plus - loss_minus) / (2.0 * self.eps)
+        return StepResult(seed, g, 0.0, (loss_plus + loss_minus) / 2.0)
+
+    def apply(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
+        """One ledger step: ``θ_t <- storage(θ_t + Σ_k coef_k z_k)`` for every trainable tensor."""
+        coefs32 = [float(np.float32(c)) for c in coefs]
+        if not all(math.isfinite(c) for c in coefs32):
+            raise ValueError(f"refusing non-finite update coefficients {coefs}")
+        with torch.no_grad():
+            for t in self.trainable.tensors:
+                self._apply_to(t, t.param.data, seeds, coefs32)
+
+    def step(self, seed: int, loss_fn: Callable[[], torch.Tensor | float], lr: float) -> StepResult | None:
+        """Estimate along ``z(seed)`` and apply ``coef = float32(-lr·g)``; None if skipped."""
+        result = self.estimate(seed, loss_fn)
+        if result is None:
+            return None
+        coef = float(np.float32(-lr * result.projected_grad))
+        if not math.isfinite(coef):
+            log.warning("non-finite update at seed %d (g = %s): step skipped", seed, result.projected_grad)
+            return None
+        self.apply([result.seed], [coef])
+        return StepResult(result.seed, result.projected_grad, coef, result.loss)

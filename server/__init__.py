@@ -1,0 +1,1 @@
+"""Placeholder: the coordinator arrives with the wire issue (gRPC, proto/)."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: the spec's known answers and small real models (loaded once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_DIR = REPO.parent / "shared" / "spec"
+
+
+def cuda_ready() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+requires_gpu = pytest.mark.skipif(not cuda_ready(), reason="needs CUDA and triton")
+
+
+@pytest.fixture(scope="session")
+def kat() -> dict[str, Any]:
+    path = SPEC_DIR / "philox4x32_10_kat.json"
+    if not path.exists():  # a checkout without shared/: use the committed copy
+        path = REPO / "tests" / "data" / "philox4x32_10_kat.json"
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    from fedseed import models
+
+    torch.set_num_threads(2)
+    return models.load_sequence_classifier(num_labels=2, init_seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Any:
+    from fedseed import models
+
+    return models.load_causal_lm()

@@ -1,0 +1,60 @@
+"""What import-linter cannot see: the transports' imports of themselves and each other.
+
+server/ and client/ install as fedseed.server and fedseed.client. import-linter
+analyses them as top-level packages, so their own-module imports must be
+relative, and neither may reach the other through its installed name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _absolute_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", ["server", "client"])
+def test_transports_import_themselves_relatively_and_never_each_other(package: str) -> None:
+    offenders = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        for name in _absolute_imports(path):
+            root = name.split(".")[:2]
+            if root[0] in ("server", "client") or root in (["fedseed", "server"], ["fedseed", "client"]):
+                offenders.append(f"{path.relative_to(REPO)}: import {name}")
+    assert offenders == []
+
+
+def test_core_never_names_a_transport() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}: import {name}"
+        for path in sorted((REPO / "fedseed").rglob("*.py"))
+        for name in _absolute_imports(path)
+        if name.split(".")[0] in ("grpc", "flwr") or name.startswith(("fedseed.server", "fedseed.client"))
+    ]
+    assert offenders == []
+
+
+def test_no_generic_top_level_server_or_client_is_installed() -> None:
+    import importlib.util
+
+    import fedseed.client
+    import fedseed.server
+
+    assert Path(fedseed.server.__file__).parent == REPO / "server"
+    assert Path(fedseed.client.__file__).parent == REPO / "client"
+    for name in ("server", "client"):
+        spec = importlib.util.find_spec(name)
+        # From the repo root, pytest may see the folder itself; never a site-packages install.
+        assert spec is None or "site-packages" not in str(spec.origin)
