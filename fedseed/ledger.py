@@ -48,7 +48,8 @@ class LedgerEntry:
 
     @classmethod
     def make(cls, round: int, step: int, seed: int, coef: float) -> LedgerEntry:
-        coef32 = float(np.float32(coef))
+        with np.errstate(over="ignore"):  # overflow to inf is caught just below
+            coef32 = float(np.float32(coef))
         if not math.isfinite(coef32):
             raise LedgerError(f"non-finite coefficient {coef!r} never enters a ledger")
         if round < 0 or step < 0:

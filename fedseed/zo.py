@@ -186,6 +186,11 @@ class ZOEngine:
         self.mask = mask
         self.backend = backend
         self._owners = self._find_owners(model, trainable)
+        # One reusable buffer holds the perturbed copies of the module being run:
+        # fresh allocations cost page faults that doubled a CPU pass (measured).
+        self._scratch_numel = max(sum(t.param.numel() for _, t in slots) for _, slots in self._owners)
+        self._scratch: torch.Tensor | None = None
+        self._scratch_busy = False
 
     # -- perturbation on the fly --------------------------------------------------------
 
@@ -231,12 +236,70 @@ class ZOEngine:
             delta = torch.where(mask, delta, torch.zeros_like(delta))
         dst.copy_((src.float() + delta).to(src.dtype))
 
-    def _perturbed_copy(self, t: TrainableTensor, seed: int, scale: float) -> torch.Tensor:
-        out = torch.empty_like(t.param.detach())
-        self._apply_to(t, out, [seed], [scale])
-        # Match the parameter's flag: torch picks some CPU matmul paths by it even
-        # under no_grad, and the forward must be the one the unperturbed model runs.
-        return out.requires_grad_(t.param.requires_grad)
+    def _claim_scratch(self, slots: list[tuple[str, TrainableTensor]]) -> list[torch.Tensor] | None:
+        """Views of the scratch buffer for ``slots``, or None (in use, or mixed dtype/device)."""
+        first = slots[0][1].param
+        if self._scratch_busy or any(
+            t.param.dtype != first.dtype or t.param.device != first.device for _, t in slots
+        ):
+            return None
+        if (
+            self._scratch is None
+            or self._scratch.dtype != first.dtype
+            or self._scratch.device != first.device
+        ):
+            self._scratch = torch.empty(self._scratch_numel, dtype=first.dtype, device=first.device)
+        # set_ rather than slicing: a *view* of a larger buffer sends torch's CPU
+        # linear down another kernel (measured: different bits), while a tensor
+        # sharing the storage without being a view matches a standalone copy.
+        views, offset = [], 0
+        storage = self._scratch.untyped_storage()
+        for _, t in slots:
+            out = torch.empty(0, dtype=first.dtype, device=first.device)
+            views.append(out.set_(storage, offset, t.param.shape, t.param.stride()))
+            offset += t.param.numel()
+        self._scratch_busy = True
+        return views
+
+    def _release_scratch(self, output: Any) -> None:
+        """Free the scratch for the next module, unless the output aliases it (then give it away)."""
+        self._scratch_busy = False
+        if self._scratch is None:
+            return
+        ptr = self._scratch.untyped_storage().data_ptr()
+        values = output.values() if isinstance(output, dict) else output
+        values = values if isinstance(values, (tuple, list)) else [values]
+        if any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr for v in values):
+            self._scratch = None
+
+    def _perturb_lookup_rows(
+        self, module: nn.Module, t: TrainableTensor, ids: torch.Tensor, seed: int, scale: float
+    ) -> torch.Tensor:
+        """An embedding lookup needs only its batch's rows: perturb those, remap the ids.
+
+        Returns the remapped ids; sets ``module.weight`` to the ``[unique ids, dim]`` rows.
+        The lookup's values are exactly those of a whole perturbed table.
+        """
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        rows = torch.empty((unique.numel(), t.param.shape[1]), dtype=t.param.dtype, device=t.param.device)
+        mask = self.mask(t.param) if self.mask is not None else None
+        perturb.apply_entries_rows(
+            t.param.detach(), unique, rows, t.tensor_id, [seed], [scale], mask, self.backend
+        )
+        module._parameters["weight"] = rows.requires_grad_(t.param.requires_grad)  # type: ignore[assignment]
+        return inverse
+
+    @staticmethod
+    def _rows_lookup_applies(module: nn.Module, attr: str, args: Any) -> bool:
+        # Only plain nn.Embedding (subclasses may use the table otherwise), called
+        # with the ids positionally, without max_norm (which renormalises in place).
+        return (
+            type(module) is nn.Embedding
+            and attr == "weight"
+            and module.max_norm is None
+            and len(args) >= 1
+            and isinstance(args[0], torch.Tensor)
+        )
 
     @contextmanager
     def perturbed(self, seed: int, scale: float) -> Iterator[None]:
@@ -247,15 +310,37 @@ class ZOEngine:
 
         def make_hooks(
             slots: list[tuple[str, TrainableTensor]],
-        ) -> tuple[Callable[..., None], Callable[..., None]]:
-            def pre_hook(module: nn.Module, args: Any) -> None:
-                for attr, t in slots:
-                    module._parameters[attr] = self._perturbed_copy(t, seed, scale)  # type: ignore[assignment]
+        ) -> tuple[Callable[..., Any], Callable[..., None]]:
+            claimed: list[bool] = [False]
+
+            def pre_hook(module: nn.Module, args: Any) -> Any:
+                new_args = None
+                if (
+                    len(slots) == 1
+                    and self.distribution == "rademacher"
+                    and self._rows_lookup_applies(module, slots[0][0], args)
+                ):
+                    inverse = self._perturb_lookup_rows(module, slots[0][1], args[0], seed, scale)
+                    new_args = (inverse, *args[1:])
+                else:
+                    views = self._claim_scratch(slots)
+                    claimed[0] = views is not None
+                    for i, (attr, t) in enumerate(slots):
+                        out = views[i] if views is not None else torch.empty_like(t.param.detach())
+                        self._apply_to(t, out, [seed], [scale])
+                        # Match the parameter's flag: torch picks some CPU matmul paths by
+                        # it even under no_grad, and the forward must be the unperturbed one's.
+                        module._parameters[attr] = out.requires_grad_(t.param.requires_grad)  # type: ignore[assignment]
+                for _, t in slots:
                     visited.add(t.tensor_id)
+                return new_args
 
             def post_hook(module: nn.Module, args: Any, output: Any) -> None:
                 for attr, t in slots:
                     module._parameters[attr] = t.param
+                if claimed[0]:
+                    claimed[0] = False
+                    self._release_scratch(output)
 
             return pre_hook, post_hook
 
@@ -272,6 +357,7 @@ class ZOEngine:
             for module, slots in self._owners:  # restore even if a forward raised
                 for attr, t in slots:
                     module._parameters[attr] = t.param
+            self._scratch_busy = False
         missed = [t.name for t in self.trainable.tensors if t.tensor_id not in visited]
         if missed:
             log.warning(

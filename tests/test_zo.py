@@ -205,3 +205,55 @@ def test_gaussian_option_is_exact_on_one_device_and_differs_from_rademacher() ->
     h = model_hash(model)
     gauss.apply([4], [0.1])
     assert model_hash(model) != h
+
+
+@pytest.mark.slow
+def test_embedding_rows_shortcut_equals_materialised_copy(minilm: Any) -> None:
+    # MiniLM's word-embedding table is half the model; a batch needs a few rows.
+    model, tokenizer = minilm
+    trainable = TrainableSet.from_model(model, include=["embeddings", r"layer\.0\.", r"^classifier\."])
+    engine = ZOEngine(model, trainable, eps=1e-2)
+    task = tasks.SequenceClassificationTask(model, tokenizer, max_length=32)
+    encoded = task.encode(SENTENCES)
+    with engine.perturbed(21, 1e-2):
+        on_the_fly = task.logits(encoded)
+    twin = _materialised_copy(model, trainable, 21, 1e-2)
+    with torch.no_grad():
+        materialised = tasks.SequenceClassificationTask(twin, tokenizer, max_length=32).logits(encoded)
+    assert torch.equal(on_the_fly, materialised)
+
+
+class _ReturnsItsWeight(nn.Module):
+    """A learned table whose forward returns a view of its own weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.weight[:n]
+
+
+class _UsesTheViewLater(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = _ReturnsItsWeight()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.table(x.shape[0])  # a view of the perturbed copy...
+        projected = self.proj(x)  # ...must survive the next module's perturbation
+        return (rows * projected).sum()
+
+
+def test_an_output_aliasing_the_scratch_buffer_is_not_overwritten() -> None:
+    torch.manual_seed(0)
+    model = _UsesTheViewLater()
+    x = torch.randn(3, 4)
+    trainable = TrainableSet.from_model(model)
+    engine = ZOEngine(model, trainable)
+    with engine.perturbed(5, 0.1):
+        on_the_fly = model(x)
+    with torch.no_grad():
+        materialised = _materialised_copy(model, trainable, 5, 0.1)(x)
+    assert torch.equal(on_the_fly, materialised)

@@ -27,6 +27,7 @@ __all__ = [
     "Backend",
     "Seed",
     "apply_entries",
+    "apply_entries_rows",
     "as_seed",
     "seed_key",
     "signs",
@@ -107,3 +108,30 @@ def apply_entries(
         triton_kernels.apply_entries(src, dst, tensor_id, seeds, coefs, mask)
     else:
         reference.apply_entries(src, dst, tensor_id, seeds, coefs, mask)
+
+
+def apply_entries_rows(
+    src: torch.Tensor,
+    rows: torch.Tensor,
+    dst: torch.Tensor,
+    tensor_id: int,
+    seeds: Sequence[int],
+    coefs: Sequence[float],
+    mask: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> None:
+    """Perturbed rows ``dst[u] = storage(src[rows[u]] + Σ_k coef_k z_k[rows[u]])`` of a matrix.
+
+    Elements keep their addresses in the whole tensor, so the rows equal those
+    of :func:`apply_entries` on all of ``src``. ``dst`` is ``[len(rows), src.shape[1]]``.
+    """
+    if src.dim() != 2 or dst.shape != (rows.numel(), src.shape[1]) or dst.dtype != src.dtype:
+        raise ValueError("apply_entries_rows needs a 2-D src and dst of shape [len(rows), src.shape[1]]")
+    if src.dtype not in EXACT_DTYPES:
+        raise TypeError(f"dtype {src.dtype} cannot be perturbed exactly (spec v1)")
+    if resolve_backend(src, backend) == "numba" and src.dtype == torch.float32:
+        from fedseed.perturb import cpu
+
+        cpu.apply_entries_rows(src, rows, dst, tensor_id, seeds, coefs, mask)
+    else:
+        reference.apply_entries_rows(src, rows, dst, tensor_id, seeds, coefs, mask)

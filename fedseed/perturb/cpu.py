@@ -95,9 +95,34 @@ def _apply_f32(
             dst[i] = y if y == y else _F32_NAN  # canonical NaN (reference.CANONICAL_NAN_BITS)
 
 
-@njit(inline="always", cache=True)
-def _bf16_to_f32(bits: np.uint16) -> np.float32:  # pragma: no cover - compiled
-    return np.array([uint32(bits) << uint32(16)], dtype=np.uint32).view(np.float32)[0]
+@njit(parallel=True, cache=True)
+def _apply_rows_f32(
+    src: np.ndarray,
+    rows: np.ndarray,
+    dst: np.ndarray,
+    mask: np.ndarray,
+    tensor_id: int,
+    keys0: np.ndarray,
+    keys1: np.ndarray,
+    coefs: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    dim = src.shape[1]
+    use_mask = mask.shape[0] == src.shape[0]
+    for u in prange(rows.shape[0]):
+        delta = np.empty(BLOCK, dtype=np.float32)
+        r = rows[u]
+        first = r * dim
+        for b in range(first // BLOCK, (first + dim - 1) // BLOCK + 1):
+            _block_delta(b, uint64(tensor_id), uint64(STREAM_PERTURB), keys0, keys1, coefs, delta)
+            lo = max(first, b * BLOCK)
+            hi = min(first + dim, (b + 1) * BLOCK)
+            for i in range(lo, hi):
+                c = i - first
+                d = delta[i - b * BLOCK]
+                if use_mask and not mask[r, c]:
+                    d = np.float32(0.0)
+                y = src[r, c] + d
+                dst[u, c] = y if y == y else _F32_NAN
 
 
 @njit(parallel=True, cache=True)
@@ -139,6 +164,35 @@ def _apply_bf16(
 _EMPTY_MASK = np.zeros(0, dtype=np.bool_)
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+_EMPTY_MASK_2D = np.zeros((0, 0), dtype=np.bool_)
+
+
+def _keys(seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    keys = [seed_key(s) for s in seeds]
+    return (
+        np.array([k[0] for k in keys], dtype=np.uint32),
+        np.array([k[1] for k in keys], dtype=np.uint32),
+    )
+
+
+def apply_entries_rows(
+    src: torch.Tensor,
+    rows: torch.Tensor,
+    dst: torch.Tensor,
+    tensor_id: int,
+    seeds: Sequence[int],
+    coefs: Sequence[float],
+    mask: torch.Tensor | None = None,
+) -> None:
+    """Same contract as :func:`fedseed.perturb.reference.apply_entries_rows` (float32 only)."""
+    if src.dtype != torch.float32:
+        raise TypeError("the numba row path handles float32")
+    keys0, keys1 = _keys(seeds)
+    mask_np = _EMPTY_MASK_2D if mask is None else mask.detach().numpy()
+    _apply_rows_f32(
+        src.detach().numpy(), rows.to(torch.int64).numpy(), dst.detach().numpy(), mask_np,
+        tensor_id, keys0, keys1, np.asarray(coefs, dtype=np.float32),
+    )  # fmt: skip
 
 
 def apply_entries(
@@ -150,9 +204,7 @@ def apply_entries(
     mask: torch.Tensor | None = None,
 ) -> None:
     """Same contract as :func:`fedseed.perturb.reference.apply_entries`, on CPU."""
-    keys = [seed_key(s) for s in seeds]
-    keys0 = np.array([k[0] for k in keys], dtype=np.uint32)
-    keys1 = np.array([k[1] for k in keys], dtype=np.uint32)
+    keys0, keys1 = _keys(seeds)
     coef32 = np.asarray(coefs, dtype=np.float32)
     mask_np = _EMPTY_MASK if mask is None else mask.detach().reshape(-1).numpy()
     src, dst = src.detach(), dst.detach()  # numpy views share memory; no autograd here

@@ -35,6 +35,43 @@ def block_signs(
     return (bits * 2 - 1).to(torch.int8).reshape(-1)
 
 
+def signs_at(seed: int, tensor_id: int, indices: torch.Tensor) -> torch.Tensor:
+    """Signs of arbitrary flat element ``indices`` (int64): int8, same shape.
+
+    One Philox call per element rather than per block: meant for small,
+    scattered sets such as the embedding rows a batch looks up.
+    """
+    idx = indices.to(torch.int64)
+    words = philox_words(idx >> 7, tensor_id, STREAM_PERTURB, seed_key(seed))  # [..., 4]
+    word = words.gather(-1, ((idx & 127) >> 5).unsqueeze(-1)).squeeze(-1)
+    return (((word >> (idx & 31)) & 1) * 2 - 1).to(torch.int8)
+
+
+def apply_entries_rows(
+    src: torch.Tensor,
+    rows: torch.Tensor,
+    dst: torch.Tensor,
+    tensor_id: int,
+    seeds: Sequence[int],
+    coefs: Sequence[float],
+    mask: torch.Tensor | None = None,
+) -> None:
+    """``dst[u] <- storage(float32(src[rows[u]]) + Σ_k coef_k z_k[rows[u]])`` for a 2-D ``src``.
+
+    The perturbed rows of a matrix, addressed as in the whole tensor: an
+    embedding lookup needs only the rows of the tokens in the batch.
+    """
+    dim = src.shape[1]
+    indices = rows.to(torch.int64).unsqueeze(1) * dim + torch.arange(dim, device=src.device)  # [U, dim]
+    coef32 = torch.tensor(list(coefs), dtype=torch.float32, device=src.device)
+    delta = torch.zeros(indices.shape, dtype=torch.float32, device=src.device)
+    for k, seed in enumerate(seeds):
+        delta += coef32[k] * signs_at(seed, tensor_id, indices).to(torch.float32)
+    if mask is not None:
+        delta = torch.where(mask[rows], delta, torch.zeros_like(delta))
+    dst.copy_(canonical_nan((src[rows].to(torch.float32) + delta).to(dst.dtype)))
+
+
 def signs(seed: int, tensor_id: int, numel: int, device: torch.device) -> torch.Tensor:
     """All ``numel`` Rademacher signs of one tensor, int8 +1/-1 in flattened order."""
     out = torch.empty(numel, dtype=torch.int8, device=device)

@@ -126,3 +126,30 @@ def test_unsupported_dtype_is_refused() -> None:
     x = torch.zeros(10, dtype=torch.float64)
     with pytest.raises(TypeError, match="cannot be perturbed exactly"):
         perturb.apply_entries(x, x, 1, [1], [0.1])
+
+
+@pytest.mark.parametrize("dim", [384, 576, 130, 7])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_rows_equal_the_same_rows_of_a_whole_pass(dim: int, with_mask: bool) -> None:
+    # Prepare: rows straddle 128-element blocks whenever dim is not a multiple of 128.
+    g = torch.Generator().manual_seed(dim)
+    src = torch.randn(300, dim, generator=g)
+    mask = torch.rand(300, dim, generator=g) < 0.5 if with_mask else None
+    rows = torch.tensor([0, 299, 5, 5, 128, 17])
+    seeds, coefs = [3, 1 << 63], [1e-3, -0.5]
+    whole = torch.empty_like(src)
+    reference.apply_entries(src, whole, 42, seeds, coefs, mask)
+    # Execute
+    via_reference = torch.empty(len(rows), dim)
+    reference.apply_entries_rows(src, rows, via_reference, 42, seeds, coefs, mask)
+    via_numba = torch.empty(len(rows), dim)
+    cpu.apply_entries_rows(src, rows, via_numba, 42, seeds, coefs, mask)
+    # Assert
+    assert torch.equal(_bits(via_reference), _bits(whole[rows]))
+    assert torch.equal(_bits(via_numba), _bits(whole[rows]))
+
+
+def test_signs_at_scattered_indices_match_the_dense_stream() -> None:
+    dense = reference.signs(9, 1234, 5000, torch.device("cpu"))
+    idx = torch.tensor([0, 1, 127, 128, 4999, 2500, 31, 32])
+    assert torch.equal(reference.signs_at(9, 1234, idx), dense[idx])
