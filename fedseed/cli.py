@@ -26,7 +26,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, domain=args.domain, trainable=tuple(args.trainable or ()),
         steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-        lr=args.lr, eps=args.eps, eval_size=args.eval_size, seed=args.seed,
+        lr=args.lr, eps=args.eps, eval_size=args.eval_size, seed=args.seed, codec=args.codec,
+        distribution=args.distribution,
         run_name=args.run_name, out_dir=Path(args.out), progress=not args.no_progress,
     )  # fmt: skip
     report = run_training(config)
@@ -71,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="default: the model's (see fedseed.train)")
     train.add_argument("--eps", type=float, default=d.eps)
     train.add_argument("--eval-size", type=int, default=d.eval_size)
+    train.add_argument(
+        "--distribution",
+        default=d.distribution,
+        choices=["rademacher", "gaussian"],
+        help="perturbation z; gaussian is not bit-exact across devices (the manifest says so)",
+    )
+    train.add_argument(
+        "--codec",
+        default=d.codec,
+        choices=["none", "log", "int8"],
+        help="send each scalar as one byte; every participant applies the decoded value",
+    )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--run-name", default=d.run_name)
     train.add_argument("--out", default=str(d.out_dir), help="folder for run folders")

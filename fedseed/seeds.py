@@ -14,6 +14,11 @@ import struct
 
 from fedseed.perturb.stream import Seed, as_seed
 
+# First id of every derivation: what the value is for, so that no two uses of
+# one run key can ever produce the same input.
+PURPOSE_PERTURB = 0  # (PURPOSE_PERTURB, round, client, step) -> perturbation seed
+PURPOSE_ROUNDING = 1  # (PURPOSE_ROUNDING, round, client, step) -> stochastic-rounding draw
+
 
 def run_key(run_name: str) -> bytes:
     """A 32-byte key from a run's name (BLAKE2b of its UTF-8 bytes)."""

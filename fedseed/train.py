@@ -3,7 +3,7 @@
     fedseed train                      # built-in default: SmolLM2-135M, VADER movie snippets
     fedseed train --model minilm --steps 500
 
-Each step derives its seed from ``(run, round 0, step)``, estimates the
+Each step derives its seed from ``(run, round 0, client 0, step)``, estimates the
 projected gradient on a minibatch with two perturbed forwards, applies
 ``coef = -lr*g`` and appends ``(0, step, seed, coef)`` to the run's ledger.
 The run folder holds ``manifest.json`` (settings, base and final model
@@ -27,11 +27,11 @@ import torch
 from tqdm import tqdm
 
 from fedseed import data, models, tasks
+from fedseed.codec import LogCodec, ScaledInt8Codec, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, LedgerEntry, model_hash
-from fedseed.perturb.stream import STREAM_NAME
-from fedseed.seeds import derive_seed, run_key
-from fedseed.zo import TrainableSet, ZOEngine
+from fedseed.seeds import PURPOSE_PERTURB, PURPOSE_ROUNDING, derive_seed, run_key
+from fedseed.zo import STREAM_NAMES, TrainableSet, ZOEngine
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class TrainConfig:
     lr: float | None = None  # ZO-SGD learning rate; None = the model's default (full-model runs need ~1e-6)
     eps: float = 1e-3  # SPSA perturbation scale
     eval_size: int = 128  # held-out examples for accuracy before/after
+    codec: str = "none"  # none | log | int8: send g as one byte; everyone applies the decoded value
+    distribution: str = "rademacher"  # rademacher | gaussian (gaussian is not bit-exact across devices)
     seed: int = 0  # data split, minibatch order and new-head init
     run_name: str = "default"
     out_dir: Path = field(default_factory=lambda: Path("runs"))
@@ -72,6 +74,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not ((self.lr is None or self.lr > 0) and self.eps > 0):
             raise ConfigError("lr and eps must be positive")
+        if self.distribution not in STREAM_NAMES:
+            raise ConfigError(
+                f"distribution must be one of {', '.join(STREAM_NAMES)}, got {self.distribution!r}"
+            )
+        if self.codec not in ("none", "log", "int8"):
+            raise ConfigError(f"codec must be none, log or int8, got {self.codec!r}")
 
 
 @dataclass
@@ -84,6 +92,37 @@ class TrainReport:
     steps_skipped: int
     seconds_per_step: float
     run_dir: Path
+
+
+class OneByteQuantizer:
+    """What a step applies: ``g`` itself, or ``decode(encode(g))`` of a one-byte codec.
+
+    ``int8`` needs a scale everyone knows before the step: 8x the median
+    |decoded g| of the last 32 steps, over 127 (``initial_scale`` until there is
+    history); its stochastic-rounding draw comes from ``(run, step)``.
+    """
+
+    def __init__(self, codec: str, key: bytes, initial_scale: float = 0.01, window: int = 32) -> None:
+        self.codec = codec
+        self.key = key
+        self.log_codec = LogCodec()
+        self.initial_scale = initial_scale
+        self.history: list[float] = []
+        self.window = window
+
+    def __call__(self, g: float, step: int) -> float:
+        if self.codec == "none":
+            return g
+        if self.codec == "log":
+            decoded = self.log_codec.decode(self.log_codec.encode(g))
+        else:
+            recent = [abs(v) for v in self.history[-self.window :] if v != 0.0]
+            scale = 8.0 * float(np.median(recent)) / 127 if recent else self.initial_scale
+            codec = ScaledInt8Codec(scale)
+            draw = uniform_from_seed(derive_seed(self.key, PURPOSE_ROUNDING, 0, 0, step))
+            decoded = codec.decode(codec.encode(g, draw))
+        self.history.append(decoded)
+        return decoded
 
 
 def build_task(config: TrainConfig) -> tasks.Task:
@@ -100,7 +139,12 @@ def run_training(config: TrainConfig) -> TrainReport:
     task = build_task(config)
     patterns = config.trainable or DEFAULT_TRAINABLE[config.model]
     trainable = TrainableSet.from_model(task.model, include=patterns)
-    engine = ZOEngine(task.model, trainable, eps=config.eps)
+    engine = ZOEngine(
+        task.model,
+        trainable,
+        eps=config.eps,
+        distribution=config.distribution,  # type: ignore[arg-type]
+    )
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.model]
     run_dir = config.out_dir / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +157,7 @@ def run_training(config: TrainConfig) -> TrainReport:
 
     # 3. ZO steps, each logged to the ledger before the next starts
     key = run_key(config.run_name)
+    quantizer = OneByteQuantizer(config.codec, key)
     order = np.random.Generator(np.random.PCG64(config.seed))
     ledger_path = run_dir / "ledger.jsonl"
     ledger_path.unlink(missing_ok=True)
@@ -128,16 +173,19 @@ def run_training(config: TrainConfig) -> TrainReport:
         for step in range(config.steps):
             batch = [train_set[i] for i in order.choice(len(train_set), config.batch_size, replace=False)]
             encoded = task.encode(batch)
-            seed = derive_seed(key, 0, step)
+            seed = derive_seed(key, PURPOSE_PERTURB, 0, 0, step)  # (round 0, client 0, step)
 
             def batch_loss(enc: tasks.Encoded = encoded) -> torch.Tensor:
                 return tasks.loss(task, enc)
 
-            result = engine.step(seed, batch_loss, lr)
+            result = engine.estimate(seed, batch_loss)
             if result is None:
                 skipped += 1
             else:
-                ledger.append(LedgerEntry.make(0, step, result.seed, result.coef))
+                g = quantizer(result.projected_grad, step)
+                coef = float(np.float32(-lr * g))
+                engine.apply([seed], [coef])
+                ledger.append(LedgerEntry.make(0, step, seed, coef))
                 losses.append(result.loss)
             bar.update(1)
             recent_loss = float(np.mean(losses[-20:])) if losses else float("nan")
@@ -154,7 +202,7 @@ def run_training(config: TrainConfig) -> TrainReport:
         config.steps - skipped, skipped, seconds_per_step, run_dir,
     )  # fmt: skip
     manifest: dict[str, Any] = {
-        "stream": STREAM_NAME,
+        "stream": STREAM_NAMES[engine.distribution],
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()},
         "trainable": trainable.names,
         "distribution": engine.distribution,

@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 Distribution = Literal["rademacher", "gaussian"]
 
+# What a run manifest records as its stream, per distribution. Gaussian values go
+# through log/cos/sin, whose last bits differ between CPU and CUDA libraries.
+STREAM_NAMES: dict[str, str] = {
+    "rademacher": perturb.STREAM_NAME,
+    "gaussian": "philox4x32-10/gaussian-boxmuller/v1 (not bit-exact across devices)",
+}
+
 
 @dataclass(frozen=True)
 class TrainableTensor:

@@ -63,3 +63,12 @@ def test_missing_data_names_the_fix(tmp_path: Path) -> None:
     proc = _run(["train", "--out", str(tmp_path)], env={"FEDSEED_CACHE": str(tmp_path / "empty")})
     assert proc.returncode == 2
     assert "fedseed fetch-assets" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_gaussian_run_says_in_its_manifest_that_it_is_not_portable(tmp_path: Path) -> None:
+    proc = _run(["train", "--model", "minilm", "--steps", "2", "--eval-size", "8", "--batch-size", "2",
+                 "--distribution", "gaussian", "--run-name", "g", "--out", str(tmp_path)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert "not bit-exact across devices" in manifest["stream"]
