@@ -18,6 +18,8 @@ from fedseed.perturb.stream import Seed, as_seed
 # one run key can ever produce the same input.
 PURPOSE_PERTURB = 0  # (PURPOSE_PERTURB, round, client, step) -> perturbation seed
 PURPOSE_ROUNDING = 1  # (PURPOSE_ROUNDING, round, client, step) -> stochastic-rounding draw
+PURPOSE_POOL = 2  # (PURPOSE_POOL, j) -> the j-th seed of a FedKSeed pool
+PURPOSE_SCHEDULE = 3  # (PURPOSE_SCHEDULE, round, slot, step) -> draw of the pool index used
 
 
 def run_key(run_name: str) -> bytes:

@@ -140,6 +140,7 @@ class MagnitudeMask:
 
 
 MaskFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+Snapshot = dict[str, torch.Tensor]  # trainable tensor name -> copy of its values
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,16 @@ class ZOEngine:
         with torch.no_grad():
             for t in self.trainable.tensors:
                 self._apply_to(t, t.param.data, seeds, coefs32)
+
+    def snapshot(self) -> Snapshot:
+        """Copies of the trainable tensors, in host memory (device memory stays at inference)."""
+        return {t.name: t.param.detach().to("cpu", copy=True) for t in self.trainable.tensors}
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the trainable tensors back to ``snapshot``'s values, bit for bit."""
+        with torch.no_grad():
+            for t in self.trainable.tensors:
+                t.param.copy_(snapshot[t.name])
 
     def step(self, seed: int, loss_fn: Callable[[], torch.Tensor | float], lr: float) -> StepResult | None:
         """Estimate along ``z(seed)`` and apply ``coef = float32(-lr·g)``; None if skipped."""

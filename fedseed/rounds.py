@@ -1,0 +1,223 @@
+"""FedKSeed rounds without a transport: what the coordinator and every client compute.
+
+A run has a pool of K candidate seeds. Each round the coordinator selects
+clients into slots 0..m-1; the client in slot ``c`` runs ``local_steps`` ZO
+steps, step ``t`` along pool seed ``schedule[c][t]``, and returns one byte per
+step. Nothing but those bytes has to travel: every participant derives
+
+- the pool: ``seed_j = derive(PURPOSE_POOL, j)``;
+- every slot's schedule: pool indices drawn with exact integer arithmetic
+  from ``derive(PURPOSE_SCHEDULE, round, slot, step)`` and the importance
+  weights (uniform, or FedKSeed-Pro's, below);
+- the round's ledger step: one entry per pool seed used, ``coef_s =
+  float32(-lr * Σ w_c · ĝ_{c,t})`` over the (slot, step) pairs that drew ``s``,
+  summed in float64 in (slot, step) order, where ``ĝ`` is the *decoded* byte
+  and ``w_c = n_c / Σ n`` the slots' sample shares (FedKSeed's weighting).
+
+FedKSeed-Pro importance (FedKSeed's code): per seed, the history of every
+scalar recorded for it (starting with one 0.0); ``a_j = mean |clip(h, ±1000)|``;
+min-max normalised to [0, 1]; ``p = softmax(a)``. Softmax needs ``exp``, whose
+last bits differ between math libraries, so ``a`` is quantised to 1/1024 and
+``exp`` comes from a table computed with :mod:`decimal` (software arithmetic,
+the same digits everywhere): weights are exact integers on every machine.
+"""
+
+from __future__ import annotations
+
+import bisect
+import decimal
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedseed.codec import Codec, uniform_from_seed
+from fedseed.errors import ConfigError
+from fedseed.ledger import LedgerEntry
+from fedseed.perturb.stream import Seed
+from fedseed.seeds import PURPOSE_POOL, PURPOSE_ROUNDING, PURPOSE_SCHEDULE, derive_seed
+from fedseed.zo import Snapshot, ZOEngine
+
+IMPORTANCE_LEVELS = 1024  # a in [0, 1] is quantised to 1/1024
+IMPORTANCE_CLIP = 1000.0  # FedKSeed-Pro clips recorded scalars to +-1000
+_WEIGHT_BITS = 40  # exp(a) as a fixed-point integer with 40 fractional bits
+
+
+def _exp_table() -> tuple[int, ...]:
+    """``round(2**40 * e**(q/1024))`` for q = 0..1024, with decimal's exact-digit exp."""
+    context = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
+    scale = decimal.Decimal(2**_WEIGHT_BITS)
+    return tuple(
+        int((context.exp(decimal.Decimal(q) / IMPORTANCE_LEVELS) * scale).to_integral_value(
+            rounding=decimal.ROUND_HALF_EVEN, context=context
+        ))
+        for q in range(IMPORTANCE_LEVELS + 1)
+    )  # fmt: skip
+
+
+EXP_TABLE = _exp_table()
+
+
+@dataclass(frozen=True)
+class FedKSeedConfig:
+    pool_size: int = 4096  # K candidate seeds (FedKSeed's default)
+    local_steps: int = 200  # tau: ZO steps per selected client per round
+    lr: float = 3e-7  # the FedKSeed README's runs
+    eps: float = 5e-4
+    importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.pool_size <= 1 << 20:
+            raise ConfigError(f"pool_size must be in [1, 2**20], got {self.pool_size}")
+        if self.local_steps < 1:
+            raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
+        if not (self.lr > 0 and self.eps > 0):
+            raise ConfigError("lr and eps must be positive")
+
+
+@dataclass
+class Importance:
+    """Per-seed history of |scalar| for FedKSeed-Pro, as exact running sums."""
+
+    pool_size: int
+    abs_sums: list[float] = field(default_factory=list)  # float64, summed in record order
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.abs_sums:
+            self.abs_sums = [0.0] * self.pool_size  # the history starts with one 0.0 each
+            self.counts = [1] * self.pool_size
+
+    def record(self, pool_index: int, scalar: float) -> None:
+        self.abs_sums[pool_index] += abs(max(-IMPORTANCE_CLIP, min(IMPORTANCE_CLIP, scalar)))
+        self.counts[pool_index] += 1
+
+    def weights(self) -> list[int]:
+        """Integer sampling weights ``∝ softmax(minmax(a))`` (exact everywhere)."""
+        means = [s / n for s, n in zip(self.abs_sums, self.counts, strict=True)]
+        low, high = min(means), max(means)
+        if high == low:
+            return [1] * self.pool_size
+        span = high - low
+        return [EXP_TABLE[math.floor((m - low) / span * IMPORTANCE_LEVELS)] for m in means]
+
+
+def pool_seeds(key: bytes, pool_size: int) -> list[Seed]:
+    return [derive_seed(key, PURPOSE_POOL, j) for j in range(pool_size)]
+
+
+def draw_index(draw: int, cumulative: Sequence[int]) -> int:
+    """Index ``i`` with probability ``w_i / W`` from a uniform 64-bit ``draw``, in integers."""
+    target = (draw * cumulative[-1]) >> 64  # in [0, W)
+    return bisect.bisect_right(cumulative, target)
+
+
+def schedule(key: bytes, round_index: int, slot: int, local_steps: int, weights: Sequence[int]) -> list[int]:
+    """Pool indices slot ``slot`` uses in round ``round_index``, one per local step."""
+    cumulative = list(np.cumsum(np.asarray(weights, dtype=object)))
+    return [
+        draw_index(derive_seed(key, PURPOSE_SCHEDULE, round_index, slot, step), cumulative)
+        for step in range(local_steps)
+    ]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Everything about a round that all participants derive identically."""
+
+    round_index: int
+    schedules: tuple[tuple[int, ...], ...]  # per slot: pool index of each local step
+    sample_counts: tuple[int, ...]  # per slot: n_c, for the aggregation weights
+
+
+class FedKSeedRounds:
+    """The transport-free round logic of one run (coordinator and clients alike)."""
+
+    def __init__(self, config: FedKSeedConfig, key: bytes, codec: Codec) -> None:
+        self.config = config
+        self.key = key
+        self.codec = codec
+        self.seeds = pool_seeds(key, config.pool_size)
+        self.importance = Importance(config.pool_size)
+
+    def weights(self) -> list[int]:
+        return self.importance.weights() if self.config.importance else [1] * self.config.pool_size
+
+    def plan(self, round_index: int, sample_counts: Sequence[int]) -> RoundPlan:
+        if not sample_counts or any(n < 1 for n in sample_counts):
+            raise ConfigError("every selected client needs at least one sample")
+        weights = self.weights()
+        schedules = tuple(
+            tuple(schedule(self.key, round_index, slot, self.config.local_steps, weights))
+            for slot in range(len(sample_counts))
+        )
+        return RoundPlan(round_index, schedules, tuple(sample_counts))
+
+    def aggregate(self, plan: RoundPlan, replies: Mapping[int, bytes]) -> list[LedgerEntry]:
+        """The round's ledger step from the slots that replied (stragglers simply absent).
+
+        Also records the decoded scalars in the importance history, in (slot, step) order.
+        """
+        for slot, payload in replies.items():
+            if not 0 <= slot < len(plan.schedules):
+                raise ValueError(f"no slot {slot} in round {plan.round_index}")
+            if len(payload) != self.config.local_steps:
+                raise ValueError(
+                    f"slot {slot} sent {len(payload)} bytes, round {plan.round_index} needs "
+                    f"{self.config.local_steps}"
+                )
+        slots = sorted(replies)
+        total_samples = sum(plan.sample_counts[s] for s in slots)
+        totals: dict[int, float] = {}
+        for slot in slots:
+            share = plan.sample_counts[slot] / total_samples
+            for pool_index, byte in zip(plan.schedules[slot], replies[slot], strict=True):
+                g = self.codec.decode(byte)
+                totals[pool_index] = totals.get(pool_index, 0.0) + share * g
+                self.importance.record(pool_index, g)
+        return [
+            LedgerEntry.make(
+                plan.round_index, 0, self.seeds[j], float(np.float32(-self.config.lr * totals[j]))
+            )
+            for j in sorted(totals)
+            if totals[j] != 0.0
+        ]
+
+
+def run_local_round(
+    engine: ZOEngine,
+    rounds: FedKSeedRounds,
+    plan: RoundPlan,
+    slot: int,
+    loss_for_step: Callable[[int], Callable[[], torch.Tensor]],
+) -> bytes:
+    """A selected client's work: its local ZO steps, one byte each.
+
+    Each step estimates ``g`` along its scheduled pool seed, encodes it (the
+    stochastic-rounding draw derived from (round, slot, step)), and applies
+    the *decoded* value locally, as everyone else will. A step whose loss is
+    not finite sends byte 0 (zero: applies nothing). The model ends away from
+    the round's start; :func:`finish_round` puts it where everyone agrees.
+    """
+    codec, lr = rounds.codec, rounds.config.lr
+    payload = bytearray()
+    for step, pool_index in enumerate(plan.schedules[slot]):
+        seed = rounds.seeds[pool_index]
+        result = engine.estimate(seed, loss_for_step(step))
+        if result is None:
+            payload.append(0)
+            continue
+        draw = uniform_from_seed(derive_seed(rounds.key, PURPOSE_ROUNDING, plan.round_index, slot, step))
+        byte = codec.encode(result.projected_grad, draw)
+        engine.apply([seed], [float(np.float32(-lr * codec.decode(byte)))])
+        payload.append(byte)
+    return bytes(payload)
+
+
+def finish_round(engine: ZOEngine, start: Snapshot, entries: Sequence[LedgerEntry]) -> None:
+    """Back to the round's start state, then the round's agreed ledger step."""
+    engine.restore(start)
+    if entries:
+        engine.apply([e.seed for e in entries], [e.coef for e in entries])
