@@ -132,6 +132,28 @@ class RoundPlan:
     sample_counts: tuple[int, ...]  # per slot: n_c, for the aggregation weights
 
 
+@dataclass(frozen=True)
+class ClosedRound:
+    """A closed round as it travels: the bytes that define its ledger step."""
+
+    round_index: int
+    sample_counts: tuple[int, ...]  # per slot of the plan
+    replied_slots: tuple[int, ...]  # ascending
+    scalars: bytes  # local_steps bytes per replied slot, in replied_slots order
+    model_hash: str  # what every replica holds after applying the round
+
+    def replies(self, local_steps: int) -> dict[int, bytes]:
+        if len(self.scalars) != local_steps * len(self.replied_slots):
+            raise ValueError(
+                f"round {self.round_index}: {len(self.scalars)} bytes for "
+                f"{len(self.replied_slots)} slots of {local_steps} steps"
+            )
+        return {
+            slot: self.scalars[i * local_steps : (i + 1) * local_steps]
+            for i, slot in enumerate(self.replied_slots)
+        }
+
+
 class FedKSeedRounds:
     """The transport-free round logic of one run (coordinator and clients alike)."""
 

@@ -1,0 +1,27 @@
+"""The run manifest: what every participant must agree on before exchanging a byte."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stream: str  # perturbation stream, e.g. "philox4x32-10/rademacher/v1"
+    base_model_hash: str  # fedseed.ledger.model_hash of the base model
+    task: str  # e.g. "vader-movies/label-word"
+    trainable: tuple[str, ...]  # trainable tensor names, in order
+
+    def mismatches(self, other: Manifest) -> list[str]:
+        """Human-readable differences, empty when ``other`` may join this run."""
+        problems = []
+        for name in ("stream", "base_model_hash", "task"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                problems.append(f"{name}: run has {mine!r}, client has {theirs!r}")
+        if self.trainable != other.trainable:
+            problems.append(
+                f"trainable tensors: run has {len(self.trainable)}, client has {len(other.trainable)} "
+                "(or a different order)"
+            )
+        return problems

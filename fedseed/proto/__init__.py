@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code (scripts/gen_proto.sh); only fedseed.serde and the transports import it."""
