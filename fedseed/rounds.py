@@ -140,7 +140,7 @@ class ClosedRound:
     sample_counts: tuple[int, ...]  # per slot of the plan
     replied_slots: tuple[int, ...]  # ascending
     scalars: bytes  # local_steps bytes per replied slot, in replied_slots order
-    model_hash: str  # what every replica holds after applying the round
+    start_hash: str  # model hash the replies started from (every replica's state before the round)
 
     def replies(self, local_steps: int) -> dict[int, bytes]:
         if len(self.scalars) != local_steps * len(self.replied_slots):

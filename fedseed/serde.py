@@ -56,12 +56,12 @@ def run_params_from_proto(message: pb.RunParams) -> RunParams:
 def closed_round_to_proto(closed: ClosedRound) -> pb.ClosedRound:
     return pb.ClosedRound(
         round=closed.round_index, sample_counts=list(closed.sample_counts),
-        replied_slots=list(closed.replied_slots), scalars=closed.scalars, model_hash=closed.model_hash,
+        replied_slots=list(closed.replied_slots), scalars=closed.scalars, start_hash=closed.start_hash,
     )  # fmt: skip
 
 
 def closed_round_from_proto(message: pb.ClosedRound) -> ClosedRound:
     return ClosedRound(
         message.round, tuple(message.sample_counts), tuple(message.replied_slots),
-        message.scalars, message.model_hash,
+        message.scalars, message.start_hash,
     )  # fmt: skip

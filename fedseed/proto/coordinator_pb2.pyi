@@ -363,12 +363,12 @@ class ClosedRound(_message.Message):
     SAMPLE_COUNTS_FIELD_NUMBER: _builtins.int
     REPLIED_SLOTS_FIELD_NUMBER: _builtins.int
     SCALARS_FIELD_NUMBER: _builtins.int
-    MODEL_HASH_FIELD_NUMBER: _builtins.int
+    START_HASH_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     scalars: _builtins.bytes
     """local_steps bytes per replied slot, in that order"""
-    model_hash: _builtins.str
-    """hash everyone must hold after applying the round"""
+    start_hash: _builtins.str
+    """model hash every reply started from (the state before the round)"""
     @_builtins.property
     def sample_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """per slot of the round's plan"""
@@ -384,11 +384,11 @@ class ClosedRound(_message.Message):
         sample_counts: _abc.Iterable[_builtins.int] | None = ...,
         replied_slots: _abc.Iterable[_builtins.int] | None = ...,
         scalars: _builtins.bytes = ...,
-        model_hash: _builtins.str = ...,
+        start_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_hash", b"model_hash", "replied_slots", b"replied_slots", "round", b"round", "sample_counts", b"sample_counts", "scalars", b"scalars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replied_slots", b"replied_slots", "round", b"round", "sample_counts", b"sample_counts", "scalars", b"scalars", "start_hash", b"start_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

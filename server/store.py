@@ -1,0 +1,271 @@
+"""The coordinator's durable state: one SQLite file (WAL, ``synchronous=FULL``).
+
+An acknowledged write has reached the disk: every mutating method runs in one
+transaction and returns after the commit. The coordinator holds no tensor;
+its whole state is the run's manifest and parameters, the clients, and each
+round's plan and reply bytes (from which every participant derives the
+round's ledger step). ``":memory:"`` gives the same store without a file,
+for tests and short simulations.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedseed.errors import ConfigError, FedseedError
+from fedseed.manifest import Manifest
+from fedseed.rounds import ClosedRound, FedKSeedConfig
+from fedseed.serde import RunParams
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    manifest TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    num_samples INTEGER NOT NULL CHECK (num_samples > 0),
+    active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    slot_clients TEXT NOT NULL,      -- JSON list: client id per slot
+    sample_counts TEXT NOT NULL,     -- JSON list: n per slot
+    deadline_unix REAL NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    replied_slots TEXT               -- JSON list, set at close
+);
+CREATE TABLE IF NOT EXISTS replies (
+    round INTEGER NOT NULL REFERENCES rounds(round),
+    slot INTEGER NOT NULL,
+    client_id INTEGER NOT NULL REFERENCES clients(client_id),
+    scalars BLOB NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    start_hash TEXT NOT NULL,
+    PRIMARY KEY (round, slot)
+);
+"""
+
+
+class StoreError(FedseedError):
+    """The database is missing, corrupt, or belongs to another run."""
+
+
+class ReplyOutcome(enum.Enum):
+    ACCEPTED = "accepted"  # durably recorded
+    DUPLICATE = "duplicate"  # same key and bytes as before: counted once
+    CONFLICT = "conflict"  # same slot, other key or bytes: rejected
+    LATE = "late"  # the round is closed
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    round_index: int
+    slot_clients: tuple[int, ...]
+    sample_counts: tuple[int, ...]
+    deadline_unix: float
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    client_id: int
+    name: str
+    num_samples: int
+    active: bool
+
+
+def _params_to_json(params: RunParams) -> str:
+    c = params.config
+    return json.dumps(
+        {"run_name": params.run_name, "codec": params.codec, "pool_size": c.pool_size,
+         "local_steps": c.local_steps, "lr": c.lr, "eps": c.eps, "importance": c.importance}
+    )  # fmt: skip
+
+
+def _params_from_json(text: str) -> RunParams:
+    raw = json.loads(text)
+    config = FedKSeedConfig(raw["pool_size"], raw["local_steps"], raw["lr"], raw["eps"], raw["importance"])
+    return RunParams(raw["run_name"], config, raw["codec"])
+
+
+class CoordinatorStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable coordinator database: {exc}") from exc
+        self._lock = threading.Lock()  # gRPC serves from a thread pool
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return cursor
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- the run ------------------------------------------------------------------------
+
+    def init_run(self, manifest: Manifest, params: RunParams) -> None:
+        """Record the run, or check that the database already holds this very run."""
+        existing = self.run()
+        if existing is None:
+            self._write(
+                "INSERT INTO run (id, manifest, params) VALUES (1, ?, ?)",
+                (
+                    json.dumps({**manifest.__dict__, "trainable": list(manifest.trainable)}),
+                    _params_to_json(params),
+                ),
+            )
+            return
+        stored_manifest, stored_params = existing
+        problems = stored_manifest.mismatches(manifest)
+        if stored_params != params:
+            problems.append(f"run parameters: database has {stored_params}, config has {params}")
+        if problems:
+            raise ConfigError(f"{self.path} holds another run: " + "; ".join(problems))
+
+    def run(self) -> tuple[Manifest, RunParams] | None:
+        rows = self._read("SELECT manifest, params FROM run WHERE id = 1")
+        if not rows:
+            return None
+        manifest_raw = json.loads(rows[0][0])
+        manifest = Manifest(
+            manifest_raw["stream"], manifest_raw["base_model_hash"], manifest_raw["task"],
+            tuple(manifest_raw["trainable"]),
+        )  # fmt: skip
+        return manifest, _params_from_json(rows[0][1])
+
+    # -- clients ------------------------------------------------------------------------
+
+    def upsert_client(self, name: str, num_samples: int) -> int:
+        """The client id for ``name`` (created on first join; a rejoin keeps it and reactivates)."""
+        self._write(
+            "INSERT INTO clients (name, num_samples) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET num_samples = excluded.num_samples, active = 1",
+            (name, num_samples),
+        )
+        return int(self._read("SELECT client_id FROM clients WHERE name = ?", (name,))[0][0])
+
+    def set_active(self, client_id: int, active: bool) -> None:
+        self._write("UPDATE clients SET active = ? WHERE client_id = ?", (int(active), client_id))
+
+    def clients(self, active_only: bool = True) -> list[ClientRow]:
+        sql = "SELECT client_id, name, num_samples, active FROM clients"
+        rows = self._read(sql + (" WHERE active = 1" if active_only else "") + " ORDER BY client_id")
+        return [ClientRow(int(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+    # -- rounds -------------------------------------------------------------------------
+
+    def next_round(self) -> int:
+        """The first round that is not closed (open now, or to be opened)."""
+        rows = self._read("SELECT MAX(round) FROM rounds WHERE closed = 1")
+        last = rows[0][0]
+        return 0 if last is None else int(last) + 1
+
+    def open_round(
+        self, round_index: int, slot_clients: list[int], sample_counts: list[int], deadline: float
+    ) -> None:
+        if round_index != self.next_round() or self.current_round() is not None:
+            raise ValueError(f"round {round_index} cannot open now (next is {self.next_round()})")
+        self._write(
+            "INSERT INTO rounds (round, slot_clients, sample_counts, deadline_unix) VALUES (?, ?, ?, ?)",
+            (round_index, json.dumps(slot_clients), json.dumps(sample_counts), deadline),
+        )
+
+    def current_round(self) -> OpenRound | None:
+        rows = self._read(
+            "SELECT round, slot_clients, sample_counts, deadline_unix FROM rounds WHERE closed = 0"
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return OpenRound(int(r[0]), tuple(json.loads(r[1])), tuple(json.loads(r[2])), float(r[3]))
+
+    def record_reply(
+        self, round_index: int, slot: int, client_id: int, scalars: bytes, key: str, start_hash: str
+    ) -> ReplyOutcome:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._record_reply_locked(round_index, slot, client_id, scalars, key, start_hash)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return outcome
+
+    def _record_reply_locked(
+        self, round_index: int, slot: int, client_id: int, scalars: bytes, key: str, start_hash: str
+    ) -> ReplyOutcome:
+        closed = self._db.execute("SELECT closed FROM rounds WHERE round = ?", (round_index,)).fetchone()
+        previous = self._db.execute(
+            "SELECT idempotency_key, scalars FROM replies WHERE round = ? AND slot = ?", (round_index, slot)
+        ).fetchone()
+        if previous is not None:
+            same = previous[0] == key and bytes(previous[1]) == scalars
+            return ReplyOutcome.DUPLICATE if same else ReplyOutcome.CONFLICT
+        if closed is None or closed[0]:
+            return ReplyOutcome.LATE
+        self._db.execute(
+            "INSERT INTO replies (round, slot, client_id, scalars, idempotency_key, start_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (round_index, slot, client_id, scalars, key, start_hash),
+        )
+        return ReplyOutcome.ACCEPTED
+
+    def replies(self, round_index: int) -> dict[int, tuple[bytes, str]]:
+        """slot -> (scalars, start_hash) of the replies recorded for a round."""
+        rows = self._read(
+            "SELECT slot, scalars, start_hash FROM replies WHERE round = ? ORDER BY slot", (round_index,)
+        )
+        return {int(r[0]): (bytes(r[1]), str(r[2])) for r in rows}
+
+    def close_round(self, round_index: int) -> ClosedRound:
+        """Close the open round with the replies it has (stragglers are simply absent)."""
+        replied = sorted(self.replies(round_index))
+        self._write(
+            "UPDATE rounds SET closed = 1, replied_slots = ? WHERE round = ? AND closed = 0",
+            (json.dumps(replied), round_index),
+        )
+        return self.closed_rounds(round_index - 1, 1)[0]
+
+    def closed_rounds(self, after_round: int, limit: int) -> list[ClosedRound]:
+        rows = self._read(
+            "SELECT round, sample_counts, replied_slots FROM rounds WHERE closed = 1 AND round > ? "
+            "ORDER BY round LIMIT ?",
+            (after_round, limit),
+        )
+        result = []
+        for r in rows:
+            round_index = int(r[0])
+            replies = self.replies(round_index)
+            slots = tuple(json.loads(r[2]))
+            scalars = b"".join(replies[s][0] for s in slots)
+            hashes = {replies[s][1] for s in slots}
+            start_hash = hashes.pop() if len(hashes) == 1 else ""
+            result.append(ClosedRound(round_index, tuple(json.loads(r[1])), slots, scalars, start_hash))
+        return result
