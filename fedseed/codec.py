@@ -34,7 +34,8 @@ MAX_CODE = 127
 
 
 class Codec(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def encode(self, g: float, u: float = 0.5) -> int: ...
 

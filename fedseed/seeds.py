@@ -20,6 +20,7 @@ PURPOSE_PERTURB = 0  # (PURPOSE_PERTURB, round, client, step) -> perturbation se
 PURPOSE_ROUNDING = 1  # (PURPOSE_ROUNDING, round, client, step) -> stochastic-rounding draw
 PURPOSE_POOL = 2  # (PURPOSE_POOL, j) -> the j-th seed of a FedKSeed pool
 PURPOSE_SCHEDULE = 3  # (PURPOSE_SCHEDULE, round, slot, step) -> draw of the pool index used
+PURPOSE_SELECTION = 4  # (PURPOSE_SELECTION, round, pick) -> draw of the client in slot `pick`
 
 
 def run_key(run_name: str) -> bytes:

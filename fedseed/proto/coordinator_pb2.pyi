@@ -333,23 +333,23 @@ class SyncRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
-    AFTER_ROUND_FIELD_NUMBER: _builtins.int
+    FROM_ROUND_FIELD_NUMBER: _builtins.int
     MAX_ROUNDS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
-    after_round: _builtins.int
-    """rounds > after_round are returned ..."""
+    from_round: _builtins.int
+    """closed rounds >= from_round are returned ..."""
     max_rounds: _builtins.int
     """... at most this many"""
     def __init__(
         self,
         *,
         client_id: _builtins.int = ...,
-        after_round: _builtins.int = ...,
+        from_round: _builtins.int = ...,
         max_rounds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_round", b"after_round", "client_id", b"client_id", "max_rounds", b"max_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "from_round", b"from_round", "max_rounds", b"max_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

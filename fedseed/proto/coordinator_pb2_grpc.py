@@ -91,7 +91,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sync(self, request, context):
-        """Closed rounds after `after_round`, as the bytes that define them.
+        """Closed rounds from `from_round` on, as the bytes that define them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

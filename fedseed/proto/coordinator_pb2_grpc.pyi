@@ -45,7 +45,7 @@ class CoordinatorStub:
     Submit: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SubmitRequest, _coordinator_pb2.SubmitReply]
     """One byte per local step of a round task."""
     Sync: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SyncRequest, _coordinator_pb2.SyncReply]
-    """Closed rounds after `after_round`, as the bytes that define them."""
+    """Closed rounds from `from_round` on, as the bytes that define them."""
     Leave: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.LeaveRequest, _coordinator_pb2.LeaveReply]
     Status: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.StatusRequest, _coordinator_pb2.StatusReply]
 
@@ -59,7 +59,7 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Submit: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SubmitRequest, _coordinator_pb2.SubmitReply]  # type: ignore[assignment]
     """One byte per local step of a round task."""
     Sync: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SyncRequest, _coordinator_pb2.SyncReply]  # type: ignore[assignment]
-    """Closed rounds after `after_round`, as the bytes that define them."""
+    """Closed rounds from `from_round` on, as the bytes that define them."""
     Leave: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.LeaveRequest, _coordinator_pb2.LeaveReply]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.StatusRequest, _coordinator_pb2.StatusReply]  # type: ignore[assignment]
 
@@ -94,7 +94,7 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.SyncRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.SyncReply, _abc.Awaitable[_coordinator_pb2.SyncReply]]:
-        """Closed rounds after `after_round`, as the bytes that define them."""
+        """Closed rounds from `from_round` on, as the bytes that define them."""
 
     @_abc_1.abstractmethod
     def Leave(

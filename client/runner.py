@@ -1,0 +1,189 @@
+"""The edge client over gRPC: join, catch up, run the scheduled local steps, submit.
+
+    python -m fedseed.client.runner --coordinator 127.0.0.1:50051 --name alice --shard 0 --num-shards 3
+
+The client derives everything the coordinator does not send: the seed pool,
+its schedule for (round, slot), and each closed round's ledger step from the
+round's reply bytes (:mod:`fedseed.rounds`). After its local steps it returns
+to the round's start state and applies the agreed step when the round closes,
+so every client holds the same bits after every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from fedseed import data, serde, tasks
+from fedseed.codec import LogCodec
+from fedseed.ledger import model_hash
+from fedseed.manifest import Manifest
+from fedseed.perturb.stream import STREAM_NAME
+from fedseed.proto import coordinator_pb2 as pb
+from fedseed.proto import coordinator_pb2_grpc as pb_grpc
+from fedseed.rounds import FedKSeedRounds, run_local_round
+from fedseed.seeds import run_key
+from fedseed.zo import TrainableSet, ZOEngine
+
+log = logging.getLogger(__name__)
+
+RPC_TIMEOUT_S = 10.0  # every RPC has a deadline; GetTask adds its long-poll budget
+
+
+@dataclass
+class EdgeClient:
+    stub: pb_grpc.CoordinatorStub
+    name: str
+    task: tasks.Task
+    engine: ZOEngine
+    shard: list[data.Example]
+    manifest: Manifest
+    batch_size: int = 8
+    token: str | None = None
+    wait_ms: int = 2000
+    applied_rounds: int = 0  # closed rounds applied to the local model
+    round_losses: list[float] = field(default_factory=list)
+    rounds: FedKSeedRounds | None = None
+    client_id: int = 0
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def _call(self, method: Callable[..., Any], request: Any, extra_timeout_s: float = 0.0) -> Any:
+        """One RPC with a deadline, retried with jittered backoff while the coordinator is away."""
+        delay = 0.2
+        for _attempt in range(40):
+            try:
+                return method(request, timeout=RPC_TIMEOUT_S + extra_timeout_s, metadata=self._metadata())
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        raise ConnectionError("the coordinator stayed unreachable")
+
+    def join(self) -> None:
+        request = pb.JoinRequest(
+            manifest=serde.manifest_to_proto(self.manifest),
+            num_samples=len(self.shard),
+            client_name=self.name,
+        )
+        reply = self._call(self.stub.Join, request)
+        params = serde.run_params_from_proto(reply.params)
+        self.client_id = reply.client_id
+        self.rounds = FedKSeedRounds(params.config, run_key(params.run_name), LogCodec())
+        log.info("%s joined as client %d; run %s", self.name, self.client_id, params.run_name)
+
+    def catch_up(self) -> None:
+        """Apply every closed round not yet applied, in order (also feeds Pro's history)."""
+        assert self.rounds is not None
+        while True:
+            reply = self._call(
+                self.stub.Sync, pb.SyncRequest(client_id=self.client_id, from_round=self.applied_rounds)
+            )
+            for message in reply.rounds:
+                closed = serde.closed_round_from_proto(message)
+                plan = self.rounds.plan(closed.round_index, closed.sample_counts)
+                entries = self.rounds.aggregate(plan, closed.replies(self.rounds.config.local_steps))
+                if entries:
+                    self.engine.apply([e.seed for e in entries], [e.coef for e in entries])
+                self.applied_rounds = closed.round_index + 1
+            if not reply.rounds or self.applied_rounds >= reply.next_round:
+                return
+
+    def _loss_for(self, round_index: int, slot: int) -> Callable[[int], Callable[[], torch.Tensor]]:
+        order = np.random.Generator(np.random.PCG64([round_index, slot, len(self.shard)]))
+
+        def for_step(step: int) -> Callable[[], torch.Tensor]:
+            picks = order.choice(len(self.shard), min(self.batch_size, len(self.shard)), replace=False)
+            encoded = self.task.encode([self.shard[i] for i in picks])
+            return lambda: tasks.loss(self.task, encoded)
+
+        return for_step
+
+    def work(self, task: pb.RoundTask) -> None:
+        assert self.rounds is not None
+        plan = self.rounds.plan(task.round, tuple(task.sample_counts))
+        start = self.engine.snapshot()
+        start_hash = model_hash(self.engine.model)
+        payload = run_local_round(
+            self.engine, self.rounds, plan, task.slot, self._loss_for(task.round, task.slot)
+        )
+        self.engine.restore(start)  # the agreed step arrives with the round's close
+        request = pb.SubmitRequest(
+            client_id=self.client_id, round=task.round, slot=task.slot, scalars=payload,
+            idempotency_key=uuid.uuid4().hex, start_hash=start_hash,
+        )  # fmt: skip
+        outcome = self._call(self.stub.Submit, request).outcome
+        log.info(
+            "%s: round %d slot %d -> %s",
+            self.name,
+            task.round,
+            task.slot,
+            pb.SubmitReply.Outcome.Name(outcome),
+        )
+
+    def run(self) -> dict[str, Any]:
+        self.join()
+        while True:
+            self.catch_up()
+            reply = self._call(
+                self.stub.GetTask, pb.TaskRequest(client_id=self.client_id, wait_ms=self.wait_ms),
+                extra_timeout_s=self.wait_ms / 1000,
+            )  # fmt: skip
+            if reply.WhichOneof("kind") == "finished":
+                self.catch_up()
+                break
+            if reply.WhichOneof("kind") == "task":
+                if reply.task.round != self.applied_rounds:
+                    continue  # closed rounds to apply first
+                self.work(reply.task)
+        return {"name": self.name, "rounds": self.applied_rounds, "model_hash": model_hash(self.engine.model)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fedseed import models
+
+    parser = argparse.ArgumentParser(prog="fedseed client", description="Run one edge client.")
+    parser.add_argument("--coordinator", required=True, help="HOST:PORT")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--token")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--examples", type=int, default=600, help="VADER movie snippets split across shards")
+    parser.add_argument("--trainable", action="append", default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    model, tokenizer = models.load_sequence_classifier(num_labels=2, init_seed=0)
+    trainable = TrainableSet.from_model(model, include=args.trainable or ["LayerNorm", r"^classifier\."])
+    task = tasks.SequenceClassificationTask(model, tokenizer, max_length=32)
+    manifest = Manifest(STREAM_NAME, model_hash(model), "vader-movies/minilm-seqcls", tuple(trainable.names))
+    examples = data.load_vader("movies")[: args.examples]
+    shard = examples[args.shard :: args.num_shards]
+    channel = grpc.insecure_channel(args.coordinator)
+    client = EdgeClient(
+        pb_grpc.CoordinatorStub(channel), args.name, task, ZOEngine(model, trainable, eps=1e-3), shard,
+        manifest, batch_size=args.batch_size, token=args.token,
+    )  # fmt: skip
+    summary = client.run()
+    print(json.dumps(summary), flush=True)
+    channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The coordinator's logic, transport-free: rounds, selection, submissions, sync.
+
+It holds no tensor. A round's plan is its selected clients (one per slot) and
+their sample counts; each client derives its own schedule from (round, slot)
+and every participant derives the round's ledger step from the reply bytes,
+so the coordinator only validates, records and serves bytes. All state lives
+in the :class:`~fedseed.server.store.CoordinatorStore`; a restarted
+coordinator on the same file continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedseed.errors import ConfigError, FedseedError
+from fedseed.manifest import Manifest
+from fedseed.rounds import ClosedRound
+from fedseed.seeds import PURPOSE_SELECTION, derive_seed, run_key
+from fedseed.serde import RunParams
+
+from .store import CoordinatorStore, OpenRound, ReplyOutcome
+
+log = logging.getLogger(__name__)
+
+
+class ManifestMismatch(FedseedError):
+    """A client's manifest differs from the run's (the message names each difference)."""
+
+
+class InvalidSubmission(FedseedError):
+    """A submission that can never be accepted (wrong round, slot, client or length)."""
+
+
+class UnknownClient(FedseedError):
+    """A client id the coordinator never issued."""
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    params: RunParams
+    manifest: Manifest
+    clients_per_round: int = 3
+    min_replies: int = 1  # a round past its deadline closes with at least this many replies
+    round_timeout_s: float = 120.0
+    rounds: int = 10  # the run ends after this many closed rounds
+
+    def __post_init__(self) -> None:
+        if self.clients_per_round < 1 or not 1 <= self.min_replies <= self.clients_per_round:
+            raise ConfigError("need clients_per_round >= 1 and 1 <= min_replies <= clients_per_round")
+        if self.round_timeout_s <= 0 or self.rounds < 1:
+            raise ConfigError("round_timeout_s and rounds must be positive")
+
+
+@dataclass(frozen=True)
+class Task:
+    round_index: int
+    slot: int
+    sample_counts: tuple[int, ...]
+
+
+class Coordinator:
+    def __init__(
+        self, store: CoordinatorStore, config: CoordinatorConfig, clock: Callable[[], float] = time.time
+    ) -> None:
+        store.init_run(config.manifest, config.params)
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.key = run_key(config.params.run_name)
+        self.changed = threading.Condition()  # long-polls wait on it
+        # gRPC runs handlers on many threads; state transitions (open, record,
+        # close) happen one at a time.
+        self._transition = threading.RLock()
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    # -- membership ---------------------------------------------------------------------
+
+    def join(self, name: str, manifest: Manifest, num_samples: int) -> tuple[int, int]:
+        """(client id, next round); refuses a client whose manifest differs from the run's."""
+        problems = self.config.manifest.mismatches(manifest)
+        if problems:
+            raise ManifestMismatch("manifest mismatch: " + "; ".join(problems))
+        if num_samples < 1:
+            raise InvalidSubmission("num_samples must be >= 1")
+        if not name:
+            raise InvalidSubmission("client_name must not be empty")
+        client_id = self.store.upsert_client(name, num_samples)
+        log.info("client %s joined as %d (%d samples)", name, client_id, num_samples)
+        self._notify()
+        return client_id, self.store.next_round()
+
+    def leave(self, client_id: int) -> None:
+        self._known(client_id)
+        self.store.set_active(client_id, False)
+        self._notify()
+
+    def _known(self, client_id: int) -> None:
+        if all(c.client_id != client_id for c in self.store.clients(active_only=False)):
+            raise UnknownClient(f"no client {client_id}: join first")
+
+    # -- rounds -------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        return self.store.next_round() >= self.config.rounds
+
+    def _select(self, round_index: int) -> list[int]:
+        """clients_per_round active clients, drawn without replacement from derived draws."""
+        pool = [c.client_id for c in self.store.clients()]
+        chosen = []
+        for pick in range(self.config.clients_per_round):
+            draw = derive_seed(self.key, PURPOSE_SELECTION, round_index, pick)
+            chosen.append(pool.pop((draw * len(pool)) >> 64))
+        return chosen
+
+    def _advance(self) -> OpenRound | None:
+        """Close an expired round, open the next one when enough clients are here."""
+        with self._transition:
+            return self._advance_locked()
+
+    def _advance_locked(self) -> OpenRound | None:
+        current = self.store.current_round()
+        if current is not None and self.clock() >= current.deadline_unix:
+            replied = len(self.store.replies(current.round_index))
+            if replied >= self.config.min_replies:
+                self._close(current.round_index)
+                current = None
+            else:  # not enough replies: give the round more time rather than lose it
+                log.warning("round %d: deadline passed with %d replies", current.round_index, replied)
+        if current is None and not self.finished():
+            active = {c.client_id: c.num_samples for c in self.store.clients()}
+            if len(active) >= self.config.clients_per_round:
+                round_index = self.store.next_round()
+                slots = self._select(round_index)
+                deadline = self.clock() + self.config.round_timeout_s
+                self.store.open_round(round_index, slots, [active[c] for c in slots], deadline)
+                log.info("round %d opened: clients %s", round_index, slots)
+                current = self.store.current_round()
+        return current
+
+    def _close(self, round_index: int) -> ClosedRound:
+        closed = self.store.close_round(round_index)
+        log.info("round %d closed with slots %s", round_index, list(closed.replied_slots))
+        self._notify()
+        return closed
+
+    def task(self, client_id: int) -> Task | None:
+        """This client's open task, or None (nothing for it now, or the run is over)."""
+        self._known(client_id)
+        current = self._advance()
+        if current is None:
+            return None
+        replied = self.store.replies(current.round_index)
+        for slot, owner in enumerate(current.slot_clients):
+            if owner == client_id and slot not in replied:
+                return Task(current.round_index, slot, current.sample_counts)
+        return None
+
+    def wait_for_task(self, client_id: int, wait_s: float) -> Task | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            task = self.task(client_id)
+            remaining = deadline - time.monotonic()
+            if task is not None or self.finished() or remaining <= 0:
+                return task
+            with self.changed:
+                self.changed.wait(timeout=min(remaining, 0.5))
+
+    def submit(
+        self, client_id: int, round_index: int, slot: int, scalars: bytes, key: str, start_hash: str
+    ) -> ReplyOutcome | str:
+        """Record a reply; "resync" when the client started from another state than its peers."""
+        self._known(client_id)
+        if len(scalars) != self.config.params.config.local_steps:
+            raise InvalidSubmission(
+                f"{len(scalars)} scalars, the run needs {self.config.params.config.local_steps} per round"
+            )
+        if not key:
+            raise InvalidSubmission("idempotency_key must not be empty")
+        current = self.store.current_round()
+        if current is None or current.round_index != round_index:
+            previous = self.store.replies(round_index).get(slot)
+            if previous is not None and previous[0] == scalars:
+                return ReplyOutcome.DUPLICATE
+            if round_index < self.store.next_round():
+                return ReplyOutcome.LATE
+            raise InvalidSubmission(f"round {round_index} is not open")
+        if not 0 <= slot < len(current.slot_clients) or current.slot_clients[slot] != client_id:
+            raise InvalidSubmission(f"slot {slot} of round {round_index} is not client {client_id}'s")
+        with self._transition:
+            return self._record(current, client_id, round_index, slot, scalars, key, start_hash)
+
+    def _record(
+        self, current: OpenRound, client_id: int, round_index: int, slot: int, scalars: bytes, key: str,
+        start_hash: str,
+    ) -> ReplyOutcome | str:  # fmt: skip
+        if self.store.current_round() != current:
+            return ReplyOutcome.LATE  # closed by the deadline meanwhile
+        peers = {h for s, (_, h) in self.store.replies(round_index).items() if s != slot}
+        if peers and start_hash not in peers:
+            log.warning(
+                "client %d started round %d from %s, peers from %s", client_id, round_index, start_hash, peers
+            )
+            return "resync"
+        outcome = self.store.record_reply(round_index, slot, client_id, scalars, key, start_hash)
+        if outcome is ReplyOutcome.ACCEPTED and len(self.store.replies(round_index)) == len(
+            current.slot_clients
+        ):
+            self._close(round_index)
+        return outcome
+
+    def sync(self, from_round: int, max_rounds: int) -> tuple[list[ClosedRound], int]:
+        self._advance()
+        return self.store.closed_rounds(
+            from_round - 1, max(1, min(max_rounds, 1000))
+        ), self.store.next_round()
