@@ -29,8 +29,7 @@ import torch
 from fedseed import data, serde, tasks
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
-from fedseed.manifest import Manifest
-from fedseed.perturb.stream import STREAM_NAME
+from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 from fedseed.rounds import FedKSeedRounds, run_local_round
@@ -171,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = models.load_sequence_classifier(num_labels=2, init_seed=0)
     trainable = TrainableSet.from_model(model, include=args.trainable or ["LayerNorm", r"^classifier\."])
     task = tasks.SequenceClassificationTask(model, tokenizer, max_length=32)
-    manifest = Manifest(STREAM_NAME, model_hash(model), "vader-movies/minilm-seqcls", tuple(trainable.names))
+    manifest = build_manifest(model, trainable.names, "vader-movies/minilm-seqcls")
     examples = data.load_vader("movies")[: args.examples]
     shard = examples[args.shard :: args.num_shards]
     channel = grpc.insecure_channel(args.coordinator)

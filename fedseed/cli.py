@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from fedseed.errors import FedseedError
@@ -49,11 +50,26 @@ def _fetch_assets(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _manifest(args: argparse.Namespace) -> int:
+    from fedseed import models
+    from fedseed.manifest import build_manifest, manifest_toml
+    from fedseed.zo import TrainableSet
+
+    model, _ = models.load_model(args.model, num_labels=2, init_seed=args.init_seed)
+    trainable = TrainableSet.from_model(model, include=args.trainable)
+    print(manifest_toml(build_manifest(model, trainable.names, args.task)), end="")
+    return 0
+
+
+def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     from fedseed.train import TrainConfig
 
     d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="fedseed", description="Seed-only federated ZO training.")
+    parser = argparse.ArgumentParser(
+        prog="fedseed",
+        description="Seed-only federated ZO training.",
+        epilog="more commands: " + ", ".join(plugins) + " (each has --help)" if plugins else None,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -90,14 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
 
+    manifest = sub.add_parser("manifest", help="print a coordinator config's [manifest] block for a model")
+    manifest.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
+    manifest.add_argument("--trainable", action="append", required=True, metavar="REGEX")
+    manifest.add_argument("--task", default="vader-movies/minilm-seqcls")
+    manifest.add_argument("--init-seed", type=int, default=0, help="seed of new (head) weights")
+    manifest.set_defaults(func=_manifest)
+
     fetch = sub.add_parser("fetch-assets", help="download VADER data, convert SmolLM2 once")
     fetch.add_argument("--force", action="store_true")
     fetch.set_defaults(func=_fetch_assets)
     return parser
 
 
+def _plugin_commands() -> dict[str, EntryPoint]:
+    """Commands the transports register (``fedseed coordinator``, ``fedseed client``).
+
+    They are found through the ``fedseed.commands`` entry-point group, so this
+    core module never imports the transports (layering, checked by import-linter).
+    """
+    return {ep.name: ep for ep in entry_points(group="fedseed.commands")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins = _plugin_commands()
+    if argv and argv[0] in plugins:
+        return int(plugins[argv[0]].load()(argv[1:]))
+    args = build_parser(sorted(plugins)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

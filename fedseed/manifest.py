@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
+from fedseed.ledger import model_hash
+from fedseed.perturb.stream import STREAM_NAME
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -25,3 +30,20 @@ class Manifest:
                 "(or a different order)"
             )
         return problems
+
+
+def build_manifest(model: nn.Module, trainable_names: list[str], task: str) -> Manifest:
+    """The manifest of a base model as loaded (hash over its parameters)."""
+    return Manifest(STREAM_NAME, model_hash(model), task, tuple(trainable_names))
+
+
+def manifest_toml(manifest: Manifest) -> str:
+    """The ``[manifest]`` block of a coordinator config."""
+    names = ", ".join(f'"{n}"' for n in manifest.trainable)
+    return (
+        "[manifest]\n"
+        f'stream = "{manifest.stream}"\n'
+        f'base_model_hash = "{manifest.base_model_hash}"\n'
+        f'task = "{manifest.task}"\n'
+        f"trainable = [{names}]\n"
+    )

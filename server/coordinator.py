@@ -111,8 +111,12 @@ class Coordinator:
         return self.store.next_round() >= self.config.rounds
 
     def _select(self, round_index: int) -> list[int]:
-        """clients_per_round active clients, drawn without replacement from derived draws."""
-        pool = [c.client_id for c in self.store.clients()]
+        """clients_per_round active clients, drawn without replacement from derived draws.
+
+        The pool is ordered by client *name*, not id: ids follow join order, which
+        races, and the same run must select the same clients whoever joined first.
+        """
+        pool = [c.client_id for c in sorted(self.store.clients(), key=lambda c: c.name)]
         chosen = []
         for pick in range(self.config.clients_per_round):
             draw = derive_seed(self.key, PURPOSE_SELECTION, round_index, pick)
