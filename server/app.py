@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
@@ -24,6 +25,7 @@ def create_server(
     address: str = "127.0.0.1:0",
     token: str | None = None,
     max_workers: int = 32,
+    extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-to-be server bound to ``address`` (port 0 picks a free port)."""
     options = [
@@ -31,6 +33,7 @@ def create_server(
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
+    interceptors += extra_interceptors  # e.g. byte counting (bench/wire_bytes.py)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
     )
