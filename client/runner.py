@@ -2,7 +2,8 @@
 
     python -m fedseed.client.runner --coordinator 127.0.0.1:50051 --name alice --shard 0 --num-shards 3
 
-The client derives everything the coordinator does not send: the seed pool,
+The round's local work is the Flower ``ClientApp`` of :mod:`fedseed.client.flower_app`,
+hosted in this process. The client derives everything the coordinator does not send: the seed pool,
 its schedule for (round, slot), and each closed round's ledger step from the
 round's reply bytes (:mod:`fedseed.rounds`). After its local steps it returns
 to the round's start state and applies the agreed step when the round closes,
@@ -19,11 +20,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 import torch
 
 from fedseed import data, serde, tasks
@@ -32,9 +32,12 @@ from fedseed.ledger import model_hash
 from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedRounds, run_local_round
+from fedseed.rounds import FedKSeedRounds
 from fedseed.seeds import run_key
 from fedseed.zo import TrainableSet, ZOEngine
+
+from . import flower_app, flower_host
+from .flower_app import ClientRuntime, register, reply_from, task_content
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,6 @@ class EdgeClient:
     token: str | None = None
     wait_ms: int = 2000
     applied_rounds: int = 0  # closed rounds applied to the local model
-    round_losses: list[float] = field(default_factory=list)
     rounds: FedKSeedRounds | None = None
     client_id: int = 0
 
@@ -102,25 +104,19 @@ class EdgeClient:
             if not reply.rounds or self.applied_rounds >= reply.next_round:
                 return
 
-    def _loss_for(self, round_index: int, slot: int) -> Callable[[int], Callable[[], torch.Tensor]]:
-        order = np.random.Generator(np.random.PCG64([round_index, slot, len(self.shard)]))
-
-        def for_step(step: int) -> Callable[[], torch.Tensor]:
-            picks = order.choice(len(self.shard), min(self.batch_size, len(self.shard)), replace=False)
-            encoded = self.task.encode([self.shard[i] for i in picks])
-            return lambda: tasks.loss(self.task, encoded)
-
-        return for_step
-
     def work(self, task: pb.RoundTask) -> None:
+        """The round's local work runs in the Flower ClientApp, hosted here."""
         assert self.rounds is not None
-        plan = self.rounds.plan(task.round, tuple(task.sample_counts))
-        start = self.engine.snapshot()
-        start_hash = model_hash(self.engine.model)
-        payload = run_local_round(
-            self.engine, self.rounds, plan, task.slot, self._loss_for(task.round, task.slot)
+        register(
+            self.client_id, ClientRuntime(self.engine, self.task, self.shard, self.rounds, self.batch_size)
         )
-        self.engine.restore(start)  # the agreed step arrives with the round's close
+        content = flower_host.call(
+            flower_app.app,
+            self.client_id,
+            "train",
+            task_content(task.round, task.slot, tuple(task.sample_counts)),
+        )
+        payload, start_hash = reply_from(content)
         request = pb.SubmitRequest(
             client_id=self.client_id, round=task.round, slot=task.slot, scalars=payload,
             idempotency_key=uuid.uuid4().hex, start_hash=start_hash,

@@ -1,0 +1,62 @@
+"""The Flower ClientApp is the client's training logic; our runner hosts that same code."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import flwr
+import pytest
+from flwr.app import Metadata
+
+from fedseed import data, tasks
+from fedseed.client import flower_app, flower_host
+from fedseed.client.flower_app import ClientRuntime, register, reply_from, task_content
+from fedseed.codec import LogCodec
+from fedseed.ledger import model_hash
+from fedseed.rounds import FedKSeedConfig, FedKSeedRounds, run_local_round
+from fedseed.seeds import run_key
+from fedseed.zo import TrainableSet, ZOEngine
+
+
+def test_flower_internals_we_rely_on_are_unchanged() -> None:
+    # If this fails after a Flower upgrade, revisit fedseed/client/flower_host.py.
+    assert flwr.__version__ == flower_host.FLOWER_VERSION
+    fields = list(inspect.signature(Metadata.__init__).parameters)
+    assert fields[1:10] == ["run_id", "message_id", "src_node_id", "dst_node_id", "reply_to_message_id",
+                            "group_id", "created_at", "ttl", "message_type"]  # fmt: skip
+
+
+def _runtime(base: Any, tokenizer: Any) -> ClientRuntime:
+    model = copy.deepcopy(base)
+    engine = ZOEngine(model, TrainableSet.from_model(model, include=["LayerNorm", r"^classifier\."]))
+    rounds = FedKSeedRounds(
+        FedKSeedConfig(pool_size=32, local_steps=3, lr=1e-2), run_key("flower"), LogCodec()
+    )
+    shard = data.load_vader("movies")[:40]
+    return ClientRuntime(
+        engine, tasks.SequenceClassificationTask(model, tokenizer, max_length=32), shard, rounds
+    )
+
+
+@pytest.mark.slow
+def test_the_client_app_gives_the_bytes_of_a_direct_local_round(minilm: Any) -> None:
+    # Prepare: two identical clients; one goes through Flower's ClientApp.
+    base, tokenizer = minilm
+    via_flower, direct = _runtime(base, tokenizer), _runtime(base, tokenizer)
+    register(41, via_flower)
+    start_hash = model_hash(via_flower.engine.model)
+    # Execute
+    content = flower_host.call(flower_app.app, 41, "train", task_content(2, 1, (40, 40)))
+    payload, reported_hash = reply_from(content)
+    plan = direct.rounds.plan(2, (40, 40))
+    expected = run_local_round(direct.engine, direct.rounds, plan, 1, direct.loss_for(2, 1))
+    # Assert: same bytes; the app left its model at the round's start state.
+    assert payload == expected and len(payload) == 3
+    assert reported_hash == start_hash == model_hash(via_flower.engine.model)
+
+
+def test_an_unregistered_node_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="no fedseed client registered for node 999"):
+        flower_host.call(flower_app.app, 999, "train", task_content(0, 0, (1,)))
