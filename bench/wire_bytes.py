@@ -5,9 +5,9 @@
 A real coordinator (SQLite file, loopback gRPC) and lightweight protocol
 clients: each joins, long-polls its task, submits one byte per local step,
 and syncs the closed round (the bytes every participant needs to derive the
-round's update). A server interceptor adds up the serialized protobuf sizes
-of every request and response per method (HTTP/2 framing and headers, a few
-dozen bytes per call, are not counted). The payload bytes here are
+round's update). The coordinator's own metrics interceptor adds up the
+serialized protobuf sizes of every request and response per method (HTTP/2
+framing and headers, a few dozen bytes per call, are not counted). The payload bytes here are
 pseudo-random: sizes do not depend on their values, and no model is needed
 to count them. FedKSeed's own figure for the same setting is 17,984 B per
 client per round (K float32 totals down, 200 (index, value) pairs up).
@@ -16,13 +16,11 @@ client per round (K float32 totals down, 200 (index, value) pairs up).
 from __future__ import annotations
 
 import argparse
-import collections
 import random
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -40,33 +38,6 @@ from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
 
 MANIFEST = Manifest(STREAM_NAME, "sha256:" + "0" * 64, "bench", tuple(f"layer.{i}.weight" for i in range(4)))
-
-
-class ByteCounter(grpc.ServerInterceptor):
-    """Adds up ByteSize() of requests and responses per RPC method."""
-
-    def __init__(self) -> None:
-        self.up: collections.Counter[str] = collections.Counter()
-        self.down: collections.Counter[str] = collections.Counter()
-        self.lock = threading.Lock()
-
-    def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        inner = handler.unary_unary
-
-        def counted(request: Any, context: Any) -> Any:
-            response = inner(request, context)
-            with self.lock:
-                self.up[method] += request.ByteSize()
-                self.down[method] += response.ByteSize()
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            counted, handler.request_deserializer, handler.response_serializer
-        )
 
 
 def client(stub: pb_grpc.CoordinatorStub, name: str, local_steps: int, rounds: int) -> None:
@@ -105,10 +76,7 @@ def main() -> None:
     config = CoordinatorConfig(params, MANIFEST, clients_per_round=args.clients, rounds=args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         coordinator = Coordinator(CoordinatorStore(Path(tmp) / "bench.db"), config)
-        counter = ByteCounter()
-        server, port, health = create_server(
-            coordinator, max_workers=args.clients * 2 + 4, extra_interceptors=[counter]
-        )
+        server, port, health = create_server(coordinator, max_workers=args.clients * 2 + 4)
         server.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.CoordinatorStub(channel)
@@ -122,13 +90,23 @@ def main() -> None:
             t.join()
         channel.close()
         stop_gracefully(server, health, grace_s=1)
+
+    def counted(method: str, direction: str) -> float:
+        value = coordinator.metrics.registry.get_sample_value(
+            "fedseed_rpc_bytes_total", {"method": method, "direction": direction}
+        )
+        return value or 0.0
+
+    methods = ["GetTask", "Join", "Submit", "Sync"]
+    up_by = {m: counted(m, "up") for m in methods}
+    down_by = {m: counted(m, "down") for m in methods}
     per = args.clients * args.rounds
     print(f"K={args.pool_size}, {args.local_steps} local steps, {args.clients} clients per round, "
           f"{args.rounds} rounds; bytes per client per round (serialized protobuf):")  # fmt: skip
     print("| method | up | down |\n|---|---|---|")
-    for method in sorted(set(counter.up) | set(counter.down)):
-        print(f"| {method} | {counter.up[method] / per:.0f} | {counter.down[method] / per:.0f} |")
-    up, down = sum(counter.up.values()) / per, sum(counter.down.values()) / per
+    for method in methods:
+        print(f"| {method} | {up_by[method] / per:.0f} | {down_by[method] / per:.0f} |")
+    up, down = sum(up_by.values()) / per, sum(down_by.values()) / per
     print(f"| **total** | **{up:.0f}** | **{down:.0f}** |\nup + down: {up + down:.0f} B "
           f"(FedKSeed: 17,984 B; Join counted once per client, spread over the rounds)")  # fmt: skip
 

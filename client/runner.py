@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--coordinator", required=True, help="HOST:PORT")
     parser.add_argument("--name", required=True)
     parser.add_argument("--token")
+    parser.add_argument("--tls-ca", help="PEM file of the CA that signed the coordinator's certificate")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--examples", type=int, default=600, help="VADER movie snippets split across shards")
@@ -169,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = build_manifest(model, trainable.names, "vader-movies/minilm-seqcls")
     examples = data.load_vader("movies")[: args.examples]
     shard = examples[args.shard :: args.num_shards]
-    channel = grpc.insecure_channel(args.coordinator)
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(args.coordinator, credentials)
+    else:
+        channel = grpc.insecure_channel(args.coordinator)
     client = EdgeClient(
         pb_grpc.CoordinatorStub(channel), args.name, task, ZOEngine(model, trainable, eps=1e-3), shard,
         manifest, batch_size=args.batch_size, token=args.token,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
@@ -12,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 
 from .coordinator import Coordinator
+from .metrics import MetricsInterceptor
 from .service import CoordinatorService, TokenAuth
 
 log = logging.getLogger(__name__)
@@ -25,22 +25,33 @@ def create_server(
     address: str = "127.0.0.1:0",
     token: str | None = None,
     max_workers: int = 32,
-    extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-to-be server bound to ``address`` (port 0 picks a free port)."""
+    """A server bound to ``address`` (port 0 picks a free port), to be started.
+
+    ``token``: clients must send ``authorization: Bearer <token>``. ``tls``:
+    ``(certificate chain PEM, private key PEM)``; without it the port is plain
+    (loopback and trusted networks only).
+    """
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
-    interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
-    interceptors += extra_interceptors  # e.g. byte counting (bench/wire_bytes.py)
+    # Metrics first, so refused calls (bad token) are counted too.
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(coordinator.metrics)]
+    if token:
+        interceptors.append(TokenAuth(token))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
     )
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coordinator), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        cert_pem, key_pem = tls
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     if port == 0:
         raise OSError(f"cannot bind {address}")
     for name in ("", SERVICE_NAME):

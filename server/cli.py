@@ -6,7 +6,9 @@ The config is TOML (see ``deploy/configs/coordinator.toml``)::
                  rounds, clients_per_round, min_replies, round_timeout_s
     [manifest]   stream, base_model_hash, task, trainable (what clients must match)
     [server]     address ("127.0.0.1:50051"), database ("coordinator.db"), token_env,
-                 linger_s (how long to keep serving after the last round closes)
+                 linger_s (how long to keep serving after the last round closes),
+                 tls_cert / tls_key (PEM files; plain gRPC without them),
+                 metrics_port / metrics_address (Prometheus text on /metrics)
 
 The token is read from the environment variable named by ``token_env`` (never
 from the file). A restarted coordinator on the same database continues the run.
@@ -85,7 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = CoordinatorStore(args.database or server_settings.get("database", "coordinator.db"))
         coordinator = Coordinator(store, config)
         address = args.address or server_settings.get("address", "127.0.0.1:50051")
-        server, port, health = create_server(coordinator, address=address, token=token)
+        tls = None
+        if "tls_cert" in server_settings or "tls_key" in server_settings:
+            tls = (
+                Path(server_settings["tls_cert"]).read_bytes(),
+                Path(server_settings["tls_key"]).read_bytes(),
+            )
+        server, port, health = create_server(coordinator, address=address, token=token, tls=tls)
+        if "metrics_port" in server_settings:
+            coordinator.metrics.serve(
+                int(server_settings["metrics_port"]), server_settings.get("metrics_address", "127.0.0.1")
+            )
+    except KeyError as exc:
+        print(
+            f"error: {args.config}: [server] needs both tls_cert and tls_key (missing {exc})", file=sys.stderr
+        )
+        return 2
     except (FedseedError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

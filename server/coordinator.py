@@ -22,6 +22,7 @@ from fedseed.rounds import ClosedRound
 from fedseed.seeds import PURPOSE_SELECTION, derive_seed, run_key
 from fedseed.serde import RunParams
 
+from .metrics import CoordinatorMetrics
 from .store import CoordinatorStore, OpenRound, ReplyOutcome
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,16 @@ class Task:
 
 class Coordinator:
     def __init__(
-        self, store: CoordinatorStore, config: CoordinatorConfig, clock: Callable[[], float] = time.time
+        self,
+        store: CoordinatorStore,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.time,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         store.init_run(config.manifest, config.params)
         self.store = store
+        self.metrics = metrics or CoordinatorMetrics()
+        self.metrics.clients_active.set(len(store.clients()))
         self.config = config
         self.clock = clock
         self.key = run_key(config.params.run_name)
@@ -93,12 +100,14 @@ class Coordinator:
             raise InvalidSubmission("client_name must not be empty")
         client_id = self.store.upsert_client(name, num_samples)
         log.info("client %s joined as %d (%d samples)", name, client_id, num_samples)
+        self.metrics.clients_active.set(len(self.store.clients()))
         self._notify()
         return client_id, self.store.next_round()
 
     def leave(self, client_id: int) -> None:
         self._known(client_id)
         self.store.set_active(client_id, False)
+        self.metrics.clients_active.set(len(self.store.clients()))
         self._notify()
 
     def _known(self, client_id: int) -> None:
@@ -150,6 +159,7 @@ class Coordinator:
 
     def _close(self, round_index: int) -> ClosedRound:
         closed = self.store.close_round(round_index)
+        self.metrics.rounds_closed.inc()
         log.info("round %d closed with slots %s", round_index, list(closed.replied_slots))
         self._notify()
         return closed
@@ -213,6 +223,7 @@ class Coordinator:
             )
             return "resync"
         outcome = self.store.record_reply(round_index, slot, client_id, scalars, key, start_hash)
+        self.metrics.replies.labels(outcome.value).inc()
         if outcome is ReplyOutcome.ACCEPTED and len(self.store.replies(round_index)) == len(
             current.slot_clients
         ):

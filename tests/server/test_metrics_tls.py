@@ -1,0 +1,96 @@
+"""The coordinator's /metrics endpoint and TLS, on loopback."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fedseed.manifest import Manifest
+from fedseed.perturb.stream import STREAM_NAME
+from fedseed.proto import coordinator_pb2 as pb
+from fedseed.proto import coordinator_pb2_grpc as pb_grpc
+from fedseed.rounds import FedKSeedConfig
+from fedseed.serde import RunParams
+from fedseed.server.app import create_server, stop_gracefully
+from fedseed.server.coordinator import Coordinator, CoordinatorConfig
+from fedseed.server.store import CoordinatorStore
+
+MANIFEST = Manifest(STREAM_NAME, "sha256:base", "t", ("w",))
+
+
+def _coordinator() -> Coordinator:
+    params = RunParams("metrics", FedKSeedConfig(pool_size=8, local_steps=2, lr=0.1, eps=0.1))
+    return Coordinator(CoordinatorStore(":memory:"), CoordinatorConfig(params, MANIFEST, clients_per_round=1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_count_rpcs_by_code_including_refused_ones() -> None:
+    coordinator = _coordinator()
+    server, port, health = create_server(coordinator, token="t")
+    server.start()
+    metrics_port = _free_port()
+    http = coordinator.metrics.serve(metrics_port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            stub.Status(pb.StatusRequest(), timeout=5, metadata=[("authorization", "Bearer t")])
+            with pytest.raises(grpc.RpcError):
+                stub.Status(pb.StatusRequest(), timeout=5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        http.shutdown()
+        stop_gracefully(server, health, grace_s=1)
+    assert 'fedseed_rpcs_total{code="OK",method="Status"} 1.0' in text
+    assert 'fedseed_rpcs_total{code="UNAUTHENTICATED",method="Status"} 1.0' in text
+    assert "fedseed_clients_active 0.0" in text
+
+
+def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedseed test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def test_tls_serves_trusting_clients_and_refuses_plaintext(tmp_path: Path) -> None:
+    cert_pem, key_pem = _self_signed(tmp_path)
+    server, port, health = create_server(_coordinator(), token="t", tls=(cert_pem, key_pem))
+    server.start()
+    auth = [("authorization", "Bearer t")]
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            reply = pb_grpc.CoordinatorStub(channel).Status(pb.StatusRequest(), timeout=5, metadata=auth)
+            assert reply.next_round == 0
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as info:
+            pb_grpc.CoordinatorStub(channel).Status(pb.StatusRequest(), timeout=5, metadata=auth)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop_gracefully(server, health, grace_s=1)
