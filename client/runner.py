@@ -41,6 +41,9 @@ from .flower_app import ClientRuntime, register, reply_from, task_content
 
 log = logging.getLogger(__name__)
 
+# Default trainable tensors of a client, per built-in model (parameter-efficient:
+# ZO's noise grows with the number of trainable parameters).
+CLIENT_TRAINABLE = {"minilm": ["LayerNorm", r"^classifier\."], "smollm2": [r"^model\.norm\.weight$"]}
 RPC_TIMEOUT_S = 10.0  # every RPC has a deadline; GetTask adds its long-poll budget
 
 
@@ -159,15 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--examples", type=int, default=600, help="VADER movie snippets split across shards")
-    parser.add_argument("--trainable", action="append", default=None)
+    parser.add_argument("--model", default="minilm", choices=sorted(CLIENT_TRAINABLE))
+    parser.add_argument("--trainable", action="append", default=None, help="default: the model's (see code)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     torch.set_num_threads(1)
-    model, tokenizer = models.load_sequence_classifier(num_labels=2, init_seed=0)
-    trainable = TrainableSet.from_model(model, include=args.trainable or ["LayerNorm", r"^classifier\."])
-    task = tasks.SequenceClassificationTask(model, tokenizer, max_length=32)
-    manifest = build_manifest(model, trainable.names, "vader-movies/minilm-seqcls")
+    model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
+    trainable = TrainableSet.from_model(model, include=args.trainable or CLIENT_TRAINABLE[args.model])
+    task = tasks.for_model(args.model, model, tokenizer, args.max_length)
+    manifest = build_manifest(model, trainable.names, tasks.TASK_IDS[args.model])
     examples = data.load_vader("movies")[: args.examples]
     shard = examples[args.shard :: args.num_shards]
     if args.tls_ca:

@@ -115,3 +115,16 @@ class LabelWordTask:
         )
         last = out.logits[:, -1, :]  # left padding: the last position is the prompt's end
         return last[:, self.label_token_ids]  # [batch, num_labels]
+
+
+# What a run's manifest calls each built-in model's task.
+TASK_IDS = {"minilm": "vader-movies/minilm-seqcls", "smollm2": "vader-movies/smollm2-label-word"}
+
+
+def for_model(model_name: str, model: nn.Module, tokenizer: Any, max_length: int) -> Task:
+    """The built-in task of a built-in model (fedseed.models.MODEL_NAMES)."""
+    if model_name == "smollm2":
+        return LabelWordTask(model, tokenizer, max_length=max_length)
+    if model_name == "minilm":
+        return SequenceClassificationTask(model, tokenizer, max_length=max_length)
+    raise ConfigError(f"no built-in task for model {model_name!r}")

@@ -127,9 +127,7 @@ class OneByteQuantizer:
 
 def build_task(config: TrainConfig) -> tasks.Task:
     model, tokenizer = models.load_model(config.model, num_labels=2, init_seed=config.seed)
-    if config.model == "smollm2":
-        return tasks.LabelWordTask(model, tokenizer, max_length=config.max_length)
-    return tasks.SequenceClassificationTask(model, tokenizer, max_length=config.max_length)
+    return tasks.for_model(config.model, model, tokenizer, config.max_length)
 
 
 def run_training(config: TrainConfig) -> TrainReport:

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fedseed import serde
+from fedseed import data, serde, tasks
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
 from fedseed.manifest import Manifest
@@ -38,8 +38,11 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     """Start a coordinator for a config; yields (stub factory, coordinator)."""
     started: list[Any] = []
 
-    def start(manifest: Manifest, **overrides: Any) -> tuple[pb_grpc.CoordinatorStub, Coordinator, int]:
-        params = RunParams("wire-test", FedKSeedConfig(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3))
+    def start(
+        manifest: Manifest, fedkseed: FedKSeedConfig | None = None, **overrides: Any
+    ) -> tuple[pb_grpc.CoordinatorStub, Coordinator, int]:
+        fedkseed = fedkseed or FedKSeedConfig(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3)
+        params = RunParams("wire-test", fedkseed)
         config = CoordinatorConfig(params=params, manifest=manifest, **overrides)
         coordinator = Coordinator(CoordinatorStore(tmp_path / "coordinator.db"), config)
         server, port, health = create_server(coordinator, token=TOKEN)
@@ -99,6 +102,8 @@ def test_bad_submissions_are_rejected_and_leave_the_store_untouched(serve: Any) 
     assert _code(submit(round=7))[0] == grpc.StatusCode.INVALID_ARGUMENT  # not the open round
     assert _code(submit(slot=3))[0] == grpc.StatusCode.INVALID_ARGUMENT  # not its slot
     assert _code(submit(client_id=999))[0] == grpc.StatusCode.NOT_FOUND
+    assert _code(submit(scalars=bytes(5 * 1024 * 1024)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # > 4 MiB
+    assert _code(submit(idempotency_key=""))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert coordinator.store.replies(task.round) == {}
     assert submit()().outcome == pb.SubmitReply.ACCEPTED
     assert submit()().outcome == pb.SubmitReply.DUPLICATE  # a retry counts once
@@ -145,3 +150,49 @@ def test_three_client_processes_run_fedkseed_and_agree_every_round(serve: Any, m
         entries = rounds.aggregate(rounds.plan(c.round_index, c.sample_counts), c.replies(3))
         engine.apply([e.seed for e in entries], [e.coef for e in entries])
     assert model_hash(replica) == summaries[0]["model_hash"] != model_hash(base)
+
+
+@pytest.mark.slow
+def test_three_smollm2_clients_learn_together(serve: Any, smollm2: Any) -> None:
+    """FedKSeed with a real LM: held-out loss of the federated model falls below the base model's."""
+    # Prepare: SmolLM2's label-word sentiment task, final RMSNorm weight trainable.
+    base, tokenizer = smollm2
+    trainable = TrainableSet.from_model(base, include=[r"^model\.norm\.weight$"])
+    manifest = Manifest(
+        STREAM_NAME, model_hash(base), "vader-movies/smollm2-label-word", tuple(trainable.names)
+    )
+    fedkseed = FedKSeedConfig(pool_size=256, local_steps=10, lr=0.1, eps=1e-3)
+    _, coordinator, port = serve(manifest, fedkseed=fedkseed, clients_per_round=3, rounds=3)
+
+    def client_command(i: int) -> list[str]:
+        return [
+            sys.executable, "-m", "fedseed.client.runner", "--coordinator", f"127.0.0.1:{port}", "--model",
+            "smollm2", "--name", f"lm{i}", "--shard", str(i), "--num-shards", "3", "--examples", "300",
+            "--max-length", "32", "--token", TOKEN,
+        ]  # fmt: skip
+
+    # Execute
+    procs = [
+        subprocess.Popen(client_command(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    hashes = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        hashes.add(json.loads(out.strip().splitlines()[-1])["model_hash"])
+    # Assert: one model everywhere, rebuilt from the store's bytes, better on held-out data.
+    replica = copy.deepcopy(base)
+    engine = ZOEngine(replica, TrainableSet.from_model(replica, include=[r"^model\.norm\.weight$"]))
+    rounds = FedKSeedRounds(fedkseed, run_key("wire-test"), LogCodec())
+    for c in coordinator.store.closed_rounds(-1, 100):
+        entries = rounds.aggregate(rounds.plan(c.round_index, c.sample_counts), c.replies(10))
+        engine.apply([e.seed for e in entries], [e.coef for e in entries])
+    assert hashes == {model_hash(replica)}
+    held_out = data.load_vader("movies")[300:428]
+    before = tasks.LabelWordTask(base, tokenizer, max_length=32)
+    after = tasks.LabelWordTask(replica, tokenizer, max_length=32)
+    loss_before = float(tasks.loss(before, before.encode(held_out)))
+    loss_after = float(tasks.loss(after, after.encode(held_out)))
+    print(f"held-out loss {loss_before:.4f} -> {loss_after:.4f}")
+    assert loss_after < loss_before - 0.01, (loss_before, loss_after)
