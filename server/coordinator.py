@@ -111,7 +111,7 @@ class Coordinator:
         self._notify()
 
     def _known(self, client_id: int) -> None:
-        if all(c.client_id != client_id for c in self.store.clients(active_only=False)):
+        if self.store.client(client_id) is None:  # a keyed lookup: this runs on every RPC
             raise UnknownClient(f"no client {client_id}: join first")
 
     # -- rounds -------------------------------------------------------------------------

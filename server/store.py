@@ -173,6 +173,14 @@ class CoordinatorStore:
     def set_active(self, client_id: int, active: bool) -> None:
         self._write("UPDATE clients SET active = ? WHERE client_id = ?", (int(active), client_id))
 
+    def client(self, client_id: int) -> ClientRow | None:
+        rows = self._read(
+            "SELECT client_id, name, num_samples, active FROM clients WHERE client_id = ?", (client_id,)
+        )
+        return (
+            ClientRow(int(rows[0][0]), str(rows[0][1]), int(rows[0][2]), bool(rows[0][3])) if rows else None
+        )
+
     def clients(self, active_only: bool = True) -> list[ClientRow]:
         sql = "SELECT client_id, name, num_samples, active FROM clients"
         rows = self._read(sql + (" WHERE active = 1" if active_only else "") + " ORDER BY client_id")
