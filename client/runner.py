@@ -29,6 +29,7 @@ import torch
 from fedseed import data, serde, tasks
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
+from fedseed.logs import configure
 from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
@@ -166,8 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trainable", action="append", default=None, help="default: the model's (see code)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    configure(f"client {args.name}", json_lines=args.log_json)
     torch.set_num_threads(1)
     model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
     trainable = TrainableSet.from_model(model, include=args.trainable or CLIENT_TRAINABLE[args.model])

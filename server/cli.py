@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedseed.errors import ConfigError, FedseedError
+from fedseed.logs import configure
 from fedseed.manifest import Manifest
 from fedseed.rounds import FedKSeedConfig
 from fedseed.serde import RunParams
@@ -74,10 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--address", help="overrides [server] address")
     parser.add_argument("--database", help="overrides [server] database")
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s coordinator %(levelname)s %(name)s: %(message)s"
-    )
+    configure("coordinator", json_lines=args.log_json)
     try:
         config, server_settings = load_config(args.config)
         token_env = server_settings.get("token_env", "FEDSEED_TOKEN")

@@ -160,7 +160,10 @@ class Coordinator:
     def _close(self, round_index: int) -> ClosedRound:
         closed = self.store.close_round(round_index)
         self.metrics.rounds_closed.inc()
-        log.info("round %d closed with slots %s", round_index, list(closed.replied_slots))
+        log.info(
+            "round %d closed with slots %s", round_index, list(closed.replied_slots),
+            extra={"round": round_index, "replied_slots": list(closed.replied_slots)},
+        )  # fmt: skip
         self._notify()
         return closed
 

@@ -110,6 +110,16 @@ def test_bad_submissions_are_rejected_and_leave_the_store_untouched(serve: Any) 
     assert coordinator.store.next_round() == 1  # the one-slot round closed
 
 
+def test_malformed_bytes_are_rejected_and_change_nothing(serve: Any) -> None:
+    _, coordinator, port = serve(TINY_MANIFEST)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        raw = channel.unary_unary("/fedseed.proto.Coordinator/Submit")  # no serializer: raw bytes
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff not protobuf", timeout=5, metadata=AUTH)
+    assert info.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    assert coordinator.store.next_round() == 0 and coordinator.store.clients(active_only=False) == []
+
+
 @pytest.mark.slow
 def test_three_client_processes_run_fedkseed_and_agree_every_round(serve: Any, minilm: Any) -> None:
     # Prepare: the run's manifest is the clients' model (MiniLM, init seed 0).
