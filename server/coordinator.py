@@ -82,6 +82,7 @@ class Coordinator:
         # gRPC runs handlers on many threads; state transitions (open, record,
         # close) happen one at a time.
         self._transition = threading.RLock()
+        self._overdue_warned = -1  # last round whose missed deadline was logged
 
     def _notify(self) -> None:
         with self.changed:
@@ -144,8 +145,12 @@ class Coordinator:
             if replied >= self.config.min_replies:
                 self._close(current.round_index)
                 current = None
-            else:  # not enough replies: give the round more time rather than lose it
-                log.warning("round %d: deadline passed with %d replies", current.round_index, replied)
+            elif self._overdue_warned != current.round_index:  # keep waiting; say so once
+                self._overdue_warned = current.round_index
+                log.warning(
+                    "round %d: deadline passed with %d replies (< min_replies %d); waiting for more",
+                    current.round_index, replied, self.config.min_replies,
+                )  # fmt: skip
         if current is None and not self.finished():
             active = {c.client_id: c.num_samples for c in self.store.clients()}
             if len(active) >= self.config.clients_per_round:

@@ -206,3 +206,30 @@ def test_three_smollm2_clients_learn_together(serve: Any, smollm2: Any) -> None:
     loss_after = float(tasks.loss(after, after.encode(held_out)))
     print(f"held-out loss {loss_before:.4f} -> {loss_after:.4f}")
     assert loss_after < loss_before - 0.01, (loss_before, loss_after)
+
+
+def test_an_overdue_round_without_quorum_waits_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a fake clock; two-client rounds needing both replies.
+    now = [1000.0]
+    params = RunParams("overdue", FedKSeedConfig(pool_size=8, local_steps=3, lr=0.1, eps=0.1))
+    config = CoordinatorConfig(params, TINY_MANIFEST, clients_per_round=2, min_replies=2, round_timeout_s=10)
+    coordinator = Coordinator(CoordinatorStore(tmp_path / "c.db"), config, clock=lambda: now[0])
+    a, _ = coordinator.join("a", TINY_MANIFEST, 5)
+    b, _ = coordinator.join("b", TINY_MANIFEST, 5)
+    task = coordinator.task(a)
+    assert task is not None
+    coordinator.submit(a, task.round_index, task.slot, b"\x01\x02\x03", "k", "h")
+    # Execute: the deadline passes; clients keep polling.
+    now[0] += 60
+    with caplog.at_level("WARNING", logger="fedseed.server.coordinator"):
+        for _ in range(5):
+            coordinator.task(b)
+    # Assert: still open (one reply < quorum of 2), warned once, and the late reply closes it.
+    assert coordinator.store.current_round() is not None
+    assert caplog.text.count("deadline passed") == 1
+    other = coordinator.task(b)
+    assert other is not None
+    coordinator.submit(b, other.round_index, other.slot, b"\x04\x05\x06", "k2", "h")
+    assert coordinator.store.next_round() == 1
