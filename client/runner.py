@@ -20,15 +20,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import torch
 
-from fedseed import data, serde, tasks
+from fedseed import data, serde, simulate, tasks
 from fedseed.codec import LogCodec
+from fedseed.curriculum import ORDERINGS, PACINGS, SCORINGS, CurriculumConfig, per_sample_losses
+from fedseed.errors import ConfigError, FedseedError
 from fedseed.ledger import model_hash
+from fedseed.local import SCORE_SAMPLES, LocalClient
 from fedseed.logs import configure
 from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
@@ -38,7 +43,7 @@ from fedseed.seeds import run_key
 from fedseed.zo import TrainableSet, ZOEngine
 
 from . import flower_app, flower_host
-from .flower_app import ClientRuntime, register, reply_from, task_content
+from .flower_app import register, reply_from, task_content
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ class EdgeClient:
     applied_rounds: int = 0  # closed rounds applied to the local model
     rounds: FedKSeedRounds | None = None
     client_id: int = 0
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    local: LocalClient | None = None  # built at join, from the run's parameters
 
     def _metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
@@ -80,15 +87,23 @@ class EdgeClient:
         raise ConnectionError("the coordinator stayed unreachable")
 
     def join(self) -> None:
+        # The join score is measured on the model as loaded (the run's start for a
+        # first join); every round it trains in refreshes it.
+        score = float(np.mean(per_sample_losses(self.task, self.shard[:SCORE_SAMPLES])))
         request = pb.JoinRequest(
             manifest=serde.manifest_to_proto(self.manifest),
             num_samples=len(self.shard),
             client_name=self.name,
+            score=score,
         )
         reply = self._call(self.stub.Join, request)
         params = serde.run_params_from_proto(reply.params)
         self.client_id = reply.client_id
         self.rounds = FedKSeedRounds(params.config, run_key(params.run_name), LogCodec())
+        self.local = LocalClient(
+            self.name, self.engine, self.task, self.shard, self.rounds, self.batch_size, self.curriculum,
+            total_rounds=max(1, reply.total_rounds),
+        )  # fmt: skip
         log.info("%s joined as client %d; run %s", self.name, self.client_id, params.run_name)
 
     def catch_up(self) -> None:
@@ -110,20 +125,18 @@ class EdgeClient:
 
     def work(self, task: pb.RoundTask) -> None:
         """The round's local work runs in the Flower ClientApp, hosted here."""
-        assert self.rounds is not None
-        register(
-            self.client_id, ClientRuntime(self.engine, self.task, self.shard, self.rounds, self.batch_size)
-        )
+        assert self.local is not None
+        register(self.client_id, self.local)
         content = flower_host.call(
             flower_app.app,
             self.client_id,
             "train",
             task_content(task.round, task.slot, tuple(task.sample_counts)),
         )
-        payload, start_hash = reply_from(content)
+        result = reply_from(content)
         request = pb.SubmitRequest(
-            client_id=self.client_id, round=task.round, slot=task.slot, scalars=payload,
-            idempotency_key=uuid.uuid4().hex, start_hash=start_hash,
+            client_id=self.client_id, round=task.round, slot=task.slot, scalars=result.scalars,
+            idempotency_key=uuid.uuid4().hex, start_hash=result.start_hash, score=result.score,
         )  # fmt: skip
         outcome = self._call(self.stub.Submit, request).outcome
         log.info(
@@ -152,12 +165,36 @@ class EdgeClient:
         return {"name": self.name, "rounds": self.applied_rounds, "model_hash": model_hash(self.engine.model)}
 
 
+def _from_simulation_config(
+    args: argparse.Namespace,
+) -> tuple[ZOEngine, tasks.Task, list[data.Example], Manifest, CurriculumConfig, str]:
+    """This client exactly as client ``--client-index`` of ``fedseed simulate --config``."""
+    config = simulate.load_config(Path(args.config))
+    if args.client_index is None or not 0 <= args.client_index < config.num_clients:
+        raise ConfigError(f"--config needs --client-index in [0, {config.num_clients})")
+    if not config.threads:
+        torch.set_num_threads(
+            1
+        )  # several clients per machine; set threads in the config to match a simulation
+    shards, _ = simulate.load_data(config)
+    task, engine = simulate.build_model(config)
+    manifest = build_manifest(engine.model, engine.trainable.names, simulate.task_id(config))
+    name = args.name or simulate.client_name(args.client_index)
+    return engine, task, shards[args.client_index], manifest, config.curriculum, name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fedseed import models
 
     parser = argparse.ArgumentParser(prog="fedseed client", description="Run one edge client.")
     parser.add_argument("--coordinator", required=True, help="HOST:PORT")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", help="stable client name (default with --config: client-NNNN)")
+    parser.add_argument(
+        "--config",
+        help="a simulation config (TOML, fedseed.simulate): model, data, partition and curriculum come "
+        "from it, and this client takes shard --client-index, exactly as that client in `fedseed simulate`",
+    )
+    parser.add_argument("--client-index", type=int, help="with --config: which client of the partition")
     parser.add_argument("--token")
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed the coordinator's certificate")
     parser.add_argument("--shard", type=int, default=0)
@@ -168,15 +205,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    group = parser.add_argument_group("data curriculum (fedseed.curriculum)")
+    group.add_argument("--ordering", default="vanilla", choices=ORDERINGS)
+    group.add_argument("--scoring", default="loss", choices=SCORINGS)
+    group.add_argument("--pacing", default="linear", choices=PACINGS)
+    group.add_argument("--pacing-a", type=float, default=0.8)
+    group.add_argument("--pacing-b", type=float, default=0.2)
     args = parser.parse_args(argv)
-    configure(f"client {args.name}", json_lines=args.log_json)
-    torch.set_num_threads(1)
-    model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
-    trainable = TrainableSet.from_model(model, include=args.trainable or CLIENT_TRAINABLE[args.model])
-    task = tasks.for_model(args.model, model, tokenizer, args.max_length)
-    manifest = build_manifest(model, trainable.names, tasks.TASK_IDS[args.model])
-    examples = data.load_vader("movies")[: args.examples]
-    shard = examples[args.shard :: args.num_shards]
+    try:
+        if args.config:
+            engine, task, shard, manifest, curriculum, name = _from_simulation_config(args)
+            batch_size = simulate.load_config(Path(args.config)).batch_size
+        else:
+            if not args.name:
+                parser.error("--name is required (or --config with --client-index)")
+            curriculum = CurriculumConfig(
+                args.ordering, args.scoring, args.pacing, args.pacing_a, args.pacing_b
+            )
+            name, batch_size = args.name, args.batch_size
+            torch.set_num_threads(1)
+            model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
+            trainable = TrainableSet.from_model(model, include=args.trainable or CLIENT_TRAINABLE[args.model])
+            task = tasks.for_model(args.model, model, tokenizer, args.max_length)
+            manifest = build_manifest(model, trainable.names, tasks.TASK_IDS[args.model])
+            examples = data.load_vader("movies")[: args.examples]
+            shard = examples[args.shard :: args.num_shards]
+            engine = ZOEngine(model, trainable, eps=1e-3)
+    except FedseedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure(f"client {name}", json_lines=args.log_json)
     if args.tls_ca:
         with open(args.tls_ca, "rb") as f:
             credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
@@ -184,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         channel = grpc.insecure_channel(args.coordinator)
     client = EdgeClient(
-        pb_grpc.CoordinatorStub(channel), args.name, task, ZOEngine(model, trainable, eps=1e-3), shard,
-        manifest, batch_size=args.batch_size, token=args.token,
+        pb_grpc.CoordinatorStub(channel), name, task, engine, shard,
+        manifest, batch_size=batch_size, token=args.token, curriculum=curriculum,
     )  # fmt: skip
     summary = client.run()
     print(json.dumps(summary), flush=True)

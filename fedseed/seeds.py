@@ -21,6 +21,8 @@ PURPOSE_ROUNDING = 1  # (PURPOSE_ROUNDING, round, client, step) -> stochastic-ro
 PURPOSE_POOL = 2  # (PURPOSE_POOL, j) -> the j-th seed of a FedKSeed pool
 PURPOSE_SCHEDULE = 3  # (PURPOSE_SCHEDULE, round, slot, step) -> draw of the pool index used
 PURPOSE_SELECTION = 4  # (PURPOSE_SELECTION, round, pick) -> draw of the client in slot `pick`
+PURPOSE_DATA = 5  # (PURPOSE_DATA, crc32(client name)) -> a client's data-order seed
+PURPOSE_DROPOUT = 6  # (PURPOSE_DROPOUT, round, slot) -> the simulator's dropout draw
 
 
 def run_key(run_name: str) -> bytes:

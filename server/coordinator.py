@@ -11,15 +11,17 @@ coordinator on the same file continues where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.manifest import Manifest
 from fedseed.rounds import ClosedRound
-from fedseed.seeds import PURPOSE_SELECTION, derive_seed, run_key
+from fedseed.seeds import run_key
+from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.serde import RunParams
 
 from .metrics import CoordinatorMetrics
@@ -48,6 +50,11 @@ class CoordinatorConfig:
     min_replies: int = 1  # a round past its deadline closes with at least this many replies
     round_timeout_s: float = 120.0
     rounds: int = 10  # the run ends after this many closed rounds
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    # A round opens only when this many clients are active (0: clients_per_round). Selection
+    # draws from the clients present, so a run that must select like a simulation of N
+    # clients waits for all N (Flower's min_available_clients).
+    min_clients: int = 0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1 or not 1 <= self.min_replies <= self.clients_per_round:
@@ -90,7 +97,9 @@ class Coordinator:
 
     # -- membership ---------------------------------------------------------------------
 
-    def join(self, name: str, manifest: Manifest, num_samples: int) -> tuple[int, int]:
+    def join(
+        self, name: str, manifest: Manifest, num_samples: int, score: float | None = None
+    ) -> tuple[int, int]:
         """(client id, next round); refuses a client whose manifest differs from the run's."""
         problems = self.config.manifest.mismatches(manifest)
         if problems:
@@ -99,7 +108,7 @@ class Coordinator:
             raise InvalidSubmission("num_samples must be >= 1")
         if not name:
             raise InvalidSubmission("client_name must not be empty")
-        client_id = self.store.upsert_client(name, num_samples)
+        client_id = self.store.upsert_client(name, num_samples, _finite_or_none(score))
         log.info("client %s joined as %d (%d samples)", name, client_id, num_samples)
         self.metrics.clients_active.set(len(self.store.clients()))
         self._notify()
@@ -121,17 +130,20 @@ class Coordinator:
         return self.store.next_round() >= self.config.rounds
 
     def _select(self, round_index: int) -> list[int]:
-        """clients_per_round active clients, drawn without replacement from derived draws.
+        """clients_per_round active clients, by the run's selection policy (fedseed.selection).
 
-        The pool is ordered by client *name*, not id: ids follow join order, which
-        races, and the same run must select the same clients whoever joined first.
+        Policies see names, sample counts and reported scores; never ids, which
+        follow join order (a race), so the same run selects the same clients
+        whoever joined first.
         """
-        pool = [c.client_id for c in sorted(self.store.clients(), key=lambda c: c.name)]
-        chosen = []
-        for pick in range(self.config.clients_per_round):
-            draw = derive_seed(self.key, PURPOSE_SELECTION, round_index, pick)
-            chosen.append(pool.pop((draw * len(pool)) >> 64))
-        return chosen
+        active = self.store.clients()
+        ids = {c.name: c.client_id for c in active}
+        candidates = [Candidate(c.name, c.num_samples, c.score) for c in active]
+        names = select(
+            self.config.selection, self.key, round_index, self.config.rounds, candidates,
+            self.config.clients_per_round,
+        )  # fmt: skip
+        return [ids[n] for n in names]
 
     def _advance(self) -> OpenRound | None:
         """Close an expired round, open the next one when enough clients are here."""
@@ -153,7 +165,7 @@ class Coordinator:
                 )  # fmt: skip
         if current is None and not self.finished():
             active = {c.client_id: c.num_samples for c in self.store.clients()}
-            if len(active) >= self.config.clients_per_round:
+            if len(active) >= max(self.config.clients_per_round, self.config.min_clients):
                 round_index = self.store.next_round()
                 slots = self._select(round_index)
                 deadline = self.clock() + self.config.round_timeout_s
@@ -195,8 +207,9 @@ class Coordinator:
                 self.changed.wait(timeout=min(remaining, 0.5))
 
     def submit(
-        self, client_id: int, round_index: int, slot: int, scalars: bytes, key: str, start_hash: str
-    ) -> ReplyOutcome | str:
+        self, client_id: int, round_index: int, slot: int, scalars: bytes, key: str, start_hash: str,
+        score: float | None = None,
+    ) -> ReplyOutcome | str:  # fmt: skip
         """Record a reply; "resync" when the client started from another state than its peers."""
         self._known(client_id)
         if len(scalars) != self.config.params.config.local_steps:
@@ -216,11 +229,11 @@ class Coordinator:
         if not 0 <= slot < len(current.slot_clients) or current.slot_clients[slot] != client_id:
             raise InvalidSubmission(f"slot {slot} of round {round_index} is not client {client_id}'s")
         with self._transition:
-            return self._record(current, client_id, round_index, slot, scalars, key, start_hash)
+            return self._record(current, client_id, round_index, slot, scalars, key, start_hash, score)
 
     def _record(
         self, current: OpenRound, client_id: int, round_index: int, slot: int, scalars: bytes, key: str,
-        start_hash: str,
+        start_hash: str, score: float | None,
     ) -> ReplyOutcome | str:  # fmt: skip
         if self.store.current_round() != current:
             return ReplyOutcome.LATE  # closed by the deadline meanwhile
@@ -230,7 +243,9 @@ class Coordinator:
                 "client %d started round %d from %s, peers from %s", client_id, round_index, start_hash, peers
             )
             return "resync"
-        outcome = self.store.record_reply(round_index, slot, client_id, scalars, key, start_hash)
+        outcome = self.store.record_reply(
+            round_index, slot, client_id, scalars, key, start_hash, _finite_or_none(score)
+        )
         self.metrics.replies.labels(outcome.value).inc()
         if outcome is ReplyOutcome.ACCEPTED and len(self.store.replies(round_index)) == len(
             current.slot_clients
@@ -243,3 +258,8 @@ class Coordinator:
         return self.store.closed_rounds(
             from_round - 1, max(1, min(max_rounds, 1000))
         ), self.store.next_round()
+
+
+def _finite_or_none(score: float | None) -> float | None:
+    # A NaN or infinite score says nothing usable; keep the last good one.
+    return score if score is not None and math.isfinite(score) else None

@@ -52,9 +52,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @_abort_on_errors
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         manifest = serde.manifest_from_proto(request.manifest)
-        client_id, next_round = self.coordinator.join(request.client_name, manifest, request.num_samples)
+        score = request.score if request.HasField("score") else None
+        client_id, next_round = self.coordinator.join(
+            request.client_name, manifest, request.num_samples, score
+        )
         params = serde.run_params_to_proto(self.coordinator.config.params)
-        return pb.JoinReply(client_id=client_id, next_round=next_round, params=params)
+        return pb.JoinReply(
+            client_id=client_id,
+            next_round=next_round,
+            params=params,
+            total_rounds=self.coordinator.config.rounds,
+        )
 
     @_abort_on_errors
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.TaskReply:
@@ -77,6 +85,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         outcome = self.coordinator.submit(
             request.client_id, request.round, request.slot, request.scalars,
             request.idempotency_key, request.start_hash,
+            request.score if request.HasField("score") else None,
         )  # fmt: skip
         if outcome is ReplyOutcome.CONFLICT:
             context.abort(

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS clients (
     client_id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     num_samples INTEGER NOT NULL CHECK (num_samples > 0),
-    active INTEGER NOT NULL DEFAULT 1
+    active INTEGER NOT NULL DEFAULT 1,
+    score REAL                       -- last reported mean loss (selection policies); NULL = none
 );
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
@@ -80,6 +81,7 @@ class ClientRow:
     name: str
     num_samples: int
     active: bool
+    score: float | None = None
 
 
 def _params_to_json(params: RunParams) -> str:
@@ -161,30 +163,34 @@ class CoordinatorStore:
 
     # -- clients ------------------------------------------------------------------------
 
-    def upsert_client(self, name: str, num_samples: int) -> int:
+    def upsert_client(self, name: str, num_samples: int, score: float | None = None) -> int:
         """The client id for ``name`` (created on first join; a rejoin keeps it and reactivates)."""
         self._write(
-            "INSERT INTO clients (name, num_samples) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET num_samples = excluded.num_samples, active = 1",
-            (name, num_samples),
+            "INSERT INTO clients (name, num_samples, score) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET num_samples = excluded.num_samples, active = 1, "
+            "score = COALESCE(excluded.score, score)",
+            (name, num_samples, score),
         )
         return int(self._read("SELECT client_id FROM clients WHERE name = ?", (name,))[0][0])
 
     def set_active(self, client_id: int, active: bool) -> None:
         self._write("UPDATE clients SET active = ? WHERE client_id = ?", (int(active), client_id))
 
+    @staticmethod
+    def _client_row(r: tuple[Any, ...]) -> ClientRow:
+        return ClientRow(int(r[0]), str(r[1]), int(r[2]), bool(r[3]), None if r[4] is None else float(r[4]))
+
     def client(self, client_id: int) -> ClientRow | None:
         rows = self._read(
-            "SELECT client_id, name, num_samples, active FROM clients WHERE client_id = ?", (client_id,)
+            "SELECT client_id, name, num_samples, active, score FROM clients WHERE client_id = ?",
+            (client_id,),
         )
-        return (
-            ClientRow(int(rows[0][0]), str(rows[0][1]), int(rows[0][2]), bool(rows[0][3])) if rows else None
-        )
+        return self._client_row(rows[0]) if rows else None
 
     def clients(self, active_only: bool = True) -> list[ClientRow]:
-        sql = "SELECT client_id, name, num_samples, active FROM clients"
+        sql = "SELECT client_id, name, num_samples, active, score FROM clients"
         rows = self._read(sql + (" WHERE active = 1" if active_only else "") + " ORDER BY client_id")
-        return [ClientRow(int(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows]
+        return [self._client_row(r) for r in rows]
 
     # -- rounds -------------------------------------------------------------------------
 
@@ -214,12 +220,16 @@ class CoordinatorStore:
         return OpenRound(int(r[0]), tuple(json.loads(r[1])), tuple(json.loads(r[2])), float(r[3]))
 
     def record_reply(
-        self, round_index: int, slot: int, client_id: int, scalars: bytes, key: str, start_hash: str
-    ) -> ReplyOutcome:
+        self, round_index: int, slot: int, client_id: int, scalars: bytes, key: str, start_hash: str,
+        score: float | None = None,
+    ) -> ReplyOutcome:  # fmt: skip
+        """Record a reply (and the client's new score with it, in the same transaction)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 outcome = self._record_reply_locked(round_index, slot, client_id, scalars, key, start_hash)
+                if outcome is ReplyOutcome.ACCEPTED and score is not None:
+                    self._db.execute("UPDATE clients SET score = ? WHERE client_id = ?", (score, client_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

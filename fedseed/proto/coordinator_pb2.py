@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64seed/proto/coordinator.proto\x12\rfedseed.proto\"T\n\x08Manifest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61se_model_hash\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\ttrainable\x18\x04 \x03(\t\"\x81\x01\n\tRunParams\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tpool_size\x18\x02 \x01(\r\x12\x13\n\x0blocal_steps\x18\x03 \x01(\r\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x05 \x01(\x01\x12\x12\n\nimportance\x18\x06 \x01(\x08\x12\r\n\x05\x63odec\x18\x07 \x01(\t\"b\n\x0bJoinRequest\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.fedseed.proto.Manifest\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"\\\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\nnext_round\x18\x02 \x01(\x04\x12(\n\x06params\x18\x03 \x01(\x0b\x32\x18.fedseed.proto.RunParams\"1\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"?\n\tRoundTask\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x15\n\rsample_counts\x18\x03 \x03(\r\"\x7f\n\tTaskReply\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x18.fedseed.proto.RoundTaskH\x00\x12\x18\n\x0eretry_after_ms\x18\x02 \x01(\rH\x00\x12\x12\n\x08\x66inished\x18\x03 \x01(\x08H\x00\x12\x12\n\nnext_round\x18\x04 \x01(\x04\x42\x06\n\x04kind\"}\n\rSubmitRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\x0f\n\x07scalars\x18\x04 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x12\n\nstart_hash\x18\x06 \x01(\t\"\x99\x01\n\x0bSubmitReply\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".fedseed.proto.SubmitReply.Outcome\"U\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x08\n\x04LATE\x10\x03\x12\n\n\x06RESYNC\x10\x04\"H\n\x0bSyncRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\x12\n\nmax_rounds\x18\x03 \x01(\r\"o\n\x0b\x43losedRound\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rsample_counts\x18\x02 \x03(\r\x12\x15\n\rreplied_slots\x18\x03 \x03(\r\x12\x0f\n\x07scalars\x18\x04 \x01(\x0c\x12\x12\n\nstart_hash\x18\x05 \x01(\t\"K\n\tSyncReply\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.fedseed.proto.ClosedRound\x12\x12\n\nnext_round\x18\x02 \x01(\x04\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\"\x0c\n\nLeaveReply\"\x0f\n\rStatusRequest\"e\n\x0bStatusReply\x12\x12\n\nnext_round\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lients\x18\x02 \x01(\r\x12\x16\n\x0eledger_entries\x18\x03 \x01(\x04\x12\x19\n\x11latest_model_hash\x18\x04 \x01(\t2\x93\x03\n\x0b\x43oordinator\x12<\n\x04Join\x12\x1a.fedseed.proto.JoinRequest\x1a\x18.fedseed.proto.JoinReply\x12?\n\x07GetTask\x12\x1a.fedseed.proto.TaskRequest\x1a\x18.fedseed.proto.TaskReply\x12\x42\n\x06Submit\x12\x1c.fedseed.proto.SubmitRequest\x1a\x1a.fedseed.proto.SubmitReply\x12<\n\x04Sync\x12\x1a.fedseed.proto.SyncRequest\x1a\x18.fedseed.proto.SyncReply\x12?\n\x05Leave\x12\x1b.fedseed.proto.LeaveRequest\x1a\x19.fedseed.proto.LeaveReply\x12\x42\n\x06Status\x12\x1c.fedseed.proto.StatusRequest\x1a\x1a.fedseed.proto.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64seed/proto/coordinator.proto\x12\rfedseed.proto\"T\n\x08Manifest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61se_model_hash\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\ttrainable\x18\x04 \x03(\t\"\x81\x01\n\tRunParams\x12\x10\n\x08run_name\x18\x01 \x01(\t\x12\x11\n\tpool_size\x18\x02 \x01(\r\x12\x13\n\x0blocal_steps\x18\x03 \x01(\r\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x05 \x01(\x01\x12\x12\n\nimportance\x18\x06 \x01(\x08\x12\r\n\x05\x63odec\x18\x07 \x01(\t\"\x80\x01\n\x0bJoinRequest\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.fedseed.proto.Manifest\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\x12\x12\n\x05score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"r\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\nnext_round\x18\x02 \x01(\x04\x12(\n\x06params\x18\x03 \x01(\x0b\x32\x18.fedseed.proto.RunParams\x12\x14\n\x0ctotal_rounds\x18\x04 \x01(\x04\"1\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"?\n\tRoundTask\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x15\n\rsample_counts\x18\x03 \x03(\r\"\x7f\n\tTaskReply\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x18.fedseed.proto.RoundTaskH\x00\x12\x18\n\x0eretry_after_ms\x18\x02 \x01(\rH\x00\x12\x12\n\x08\x66inished\x18\x03 \x01(\x08H\x00\x12\x12\n\nnext_round\x18\x04 \x01(\x04\x42\x06\n\x04kind\"\x9b\x01\n\rSubmitRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\x0f\n\x07scalars\x18\x04 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x12\n\nstart_hash\x18\x06 \x01(\t\x12\x12\n\x05score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\"\x99\x01\n\x0bSubmitReply\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".fedseed.proto.SubmitReply.Outcome\"U\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x08\n\x04LATE\x10\x03\x12\n\n\x06RESYNC\x10\x04\"H\n\x0bSyncRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x12\n\nfrom_round\x18\x02 \x01(\x04\x12\x12\n\nmax_rounds\x18\x03 \x01(\r\"o\n\x0b\x43losedRound\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rsample_counts\x18\x02 \x03(\r\x12\x15\n\rreplied_slots\x18\x03 \x03(\r\x12\x0f\n\x07scalars\x18\x04 \x01(\x0c\x12\x12\n\nstart_hash\x18\x05 \x01(\t\"K\n\tSyncReply\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.fedseed.proto.ClosedRound\x12\x12\n\nnext_round\x18\x02 \x01(\x04\"!\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\"\x0c\n\nLeaveReply\"\x0f\n\rStatusRequest\"e\n\x0bStatusReply\x12\x12\n\nnext_round\x18\x01 \x01(\x04\x12\x0f\n\x07\x63lients\x18\x02 \x01(\r\x12\x16\n\x0eledger_entries\x18\x03 \x01(\x04\x12\x19\n\x11latest_model_hash\x18\x04 \x01(\t2\x93\x03\n\x0b\x43oordinator\x12<\n\x04Join\x12\x1a.fedseed.proto.JoinRequest\x1a\x18.fedseed.proto.JoinReply\x12?\n\x07GetTask\x12\x1a.fedseed.proto.TaskRequest\x1a\x18.fedseed.proto.TaskReply\x12\x42\n\x06Submit\x12\x1c.fedseed.proto.SubmitRequest\x1a\x1a.fedseed.proto.SubmitReply\x12<\n\x04Sync\x12\x1a.fedseed.proto.SyncRequest\x1a\x18.fedseed.proto.SyncReply\x12?\n\x05Leave\x12\x1b.fedseed.proto.LeaveRequest\x1a\x19.fedseed.proto.LeaveReply\x12\x42\n\x06Status\x12\x1c.fedseed.proto.StatusRequest\x1a\x1a.fedseed.proto.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +35,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MANIFEST']._serialized_end=134
   _globals['_RUNPARAMS']._serialized_start=137
   _globals['_RUNPARAMS']._serialized_end=266
-  _globals['_JOINREQUEST']._serialized_start=268
-  _globals['_JOINREQUEST']._serialized_end=366
-  _globals['_JOINREPLY']._serialized_start=368
-  _globals['_JOINREPLY']._serialized_end=460
-  _globals['_TASKREQUEST']._serialized_start=462
-  _globals['_TASKREQUEST']._serialized_end=511
-  _globals['_ROUNDTASK']._serialized_start=513
-  _globals['_ROUNDTASK']._serialized_end=576
-  _globals['_TASKREPLY']._serialized_start=578
-  _globals['_TASKREPLY']._serialized_end=705
-  _globals['_SUBMITREQUEST']._serialized_start=707
-  _globals['_SUBMITREQUEST']._serialized_end=832
-  _globals['_SUBMITREPLY']._serialized_start=835
-  _globals['_SUBMITREPLY']._serialized_end=988
-  _globals['_SUBMITREPLY_OUTCOME']._serialized_start=903
-  _globals['_SUBMITREPLY_OUTCOME']._serialized_end=988
-  _globals['_SYNCREQUEST']._serialized_start=990
-  _globals['_SYNCREQUEST']._serialized_end=1062
-  _globals['_CLOSEDROUND']._serialized_start=1064
-  _globals['_CLOSEDROUND']._serialized_end=1175
-  _globals['_SYNCREPLY']._serialized_start=1177
-  _globals['_SYNCREPLY']._serialized_end=1252
-  _globals['_LEAVEREQUEST']._serialized_start=1254
-  _globals['_LEAVEREQUEST']._serialized_end=1287
-  _globals['_LEAVEREPLY']._serialized_start=1289
-  _globals['_LEAVEREPLY']._serialized_end=1301
-  _globals['_STATUSREQUEST']._serialized_start=1303
-  _globals['_STATUSREQUEST']._serialized_end=1318
-  _globals['_STATUSREPLY']._serialized_start=1320
-  _globals['_STATUSREPLY']._serialized_end=1421
-  _globals['_COORDINATOR']._serialized_start=1424
-  _globals['_COORDINATOR']._serialized_end=1827
+  _globals['_JOINREQUEST']._serialized_start=269
+  _globals['_JOINREQUEST']._serialized_end=397
+  _globals['_JOINREPLY']._serialized_start=399
+  _globals['_JOINREPLY']._serialized_end=513
+  _globals['_TASKREQUEST']._serialized_start=515
+  _globals['_TASKREQUEST']._serialized_end=564
+  _globals['_ROUNDTASK']._serialized_start=566
+  _globals['_ROUNDTASK']._serialized_end=629
+  _globals['_TASKREPLY']._serialized_start=631
+  _globals['_TASKREPLY']._serialized_end=758
+  _globals['_SUBMITREQUEST']._serialized_start=761
+  _globals['_SUBMITREQUEST']._serialized_end=916
+  _globals['_SUBMITREPLY']._serialized_start=919
+  _globals['_SUBMITREPLY']._serialized_end=1072
+  _globals['_SUBMITREPLY_OUTCOME']._serialized_start=987
+  _globals['_SUBMITREPLY_OUTCOME']._serialized_end=1072
+  _globals['_SYNCREQUEST']._serialized_start=1074
+  _globals['_SYNCREQUEST']._serialized_end=1146
+  _globals['_CLOSEDROUND']._serialized_start=1148
+  _globals['_CLOSEDROUND']._serialized_end=1259
+  _globals['_SYNCREPLY']._serialized_start=1261
+  _globals['_SYNCREPLY']._serialized_end=1336
+  _globals['_LEAVEREQUEST']._serialized_start=1338
+  _globals['_LEAVEREQUEST']._serialized_end=1371
+  _globals['_LEAVEREPLY']._serialized_start=1373
+  _globals['_LEAVEREPLY']._serialized_end=1385
+  _globals['_STATUSREQUEST']._serialized_start=1387
+  _globals['_STATUSREQUEST']._serialized_end=1402
+  _globals['_STATUSREPLY']._serialized_start=1404
+  _globals['_STATUSREPLY']._serialized_end=1505
+  _globals['_COORDINATOR']._serialized_start=1508
+  _globals['_COORDINATOR']._serialized_end=1911
 # @@protoc_insertion_point(module_scope)

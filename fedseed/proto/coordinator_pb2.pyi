@@ -111,10 +111,13 @@ class JoinRequest(_message.Message):
     MANIFEST_FIELD_NUMBER: _builtins.int
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     num_samples: _builtins.int
     """the client's data size: its aggregation weight"""
     client_name: _builtins.str
     """stable name: a rejoin keeps its client id"""
+    score: _builtins.float
+    """mean loss on a few of its samples (for selection policies)"""
     @_builtins.property
     def manifest(self) -> Global___Manifest: ...
     def __init__(
@@ -123,12 +126,15 @@ class JoinRequest(_message.Message):
         manifest: Global___Manifest | None = ...,
         num_samples: _builtins.int = ...,
         client_name: _builtins.str = ...,
+        score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "manifest", b"manifest", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "manifest", b"manifest", "num_samples", b"num_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "client_name", b"client_name", "manifest", b"manifest", "num_samples", b"num_samples", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
 
@@ -139,9 +145,12 @@ class JoinReply(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     NEXT_ROUND_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    TOTAL_ROUNDS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
     next_round: _builtins.int
     """first round not yet closed"""
+    total_rounds: _builtins.int
+    """the run's length: clients pace their data curriculum over it"""
     @_builtins.property
     def params(self) -> Global___RunParams: ...
     def __init__(
@@ -150,10 +159,11 @@ class JoinReply(_message.Message):
         client_id: _builtins.int = ...,
         next_round: _builtins.int = ...,
         params: Global___RunParams | None = ...,
+        total_rounds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "next_round", b"next_round", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "next_round", b"next_round", "params", b"params", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,6 +265,7 @@ class SubmitRequest(_message.Message):
     SCALARS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     START_HASH_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
     round: _builtins.int
     slot: _builtins.int
@@ -264,6 +275,8 @@ class SubmitRequest(_message.Message):
     """a retry carries the same key and payload"""
     start_hash: _builtins.str
     """model hash the client started the round from"""
+    score: _builtins.float
+    """mean loss of the round's local steps (for selection policies)"""
     def __init__(
         self,
         *,
@@ -273,12 +286,15 @@ class SubmitRequest(_message.Message):
         scalars: _builtins.bytes = ...,
         idempotency_key: _builtins.str = ...,
         start_hash: _builtins.str = ...,
+        score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "idempotency_key", b"idempotency_key", "round", b"round", "scalars", b"scalars", "slot", b"slot", "start_hash", b"start_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "client_id", b"client_id", "idempotency_key", b"idempotency_key", "round", b"round", "scalars", b"scalars", "score", b"score", "slot", b"slot", "start_hash", b"start_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 

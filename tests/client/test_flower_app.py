@@ -7,14 +7,16 @@ import inspect
 from typing import Any
 
 import flwr
+import numpy as np
 import pytest
 from flwr.app import Metadata
 
 from fedseed import data, tasks
 from fedseed.client import flower_app, flower_host
-from fedseed.client.flower_app import ClientRuntime, register, reply_from, task_content
+from fedseed.client.flower_app import register, reply_from, task_content
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
+from fedseed.local import LocalClient
 from fedseed.rounds import FedKSeedConfig, FedKSeedRounds, run_local_round
 from fedseed.seeds import run_key
 from fedseed.zo import TrainableSet, ZOEngine
@@ -28,15 +30,15 @@ def test_flower_internals_we_rely_on_are_unchanged() -> None:
                             "group_id", "created_at", "ttl", "message_type"]  # fmt: skip
 
 
-def _runtime(base: Any, tokenizer: Any) -> ClientRuntime:
+def _runtime(base: Any, tokenizer: Any) -> LocalClient:
     model = copy.deepcopy(base)
     engine = ZOEngine(model, TrainableSet.from_model(model, include=["LayerNorm", r"^classifier\."]))
     rounds = FedKSeedRounds(
         FedKSeedConfig(pool_size=32, local_steps=3, lr=1e-2), run_key("flower"), LogCodec()
     )
     shard = data.load_vader("movies")[:40]
-    return ClientRuntime(
-        engine, tasks.SequenceClassificationTask(model, tokenizer, max_length=32), shard, rounds
+    return LocalClient(
+        "c1", engine, tasks.SequenceClassificationTask(model, tokenizer, max_length=32), shard, rounds
     )
 
 
@@ -49,12 +51,14 @@ def test_the_client_app_gives_the_bytes_of_a_direct_local_round(minilm: Any) -> 
     start_hash = model_hash(via_flower.engine.model)
     # Execute
     content = flower_host.call(flower_app.app, 41, "train", task_content(2, 1, (40, 40)))
-    payload, reported_hash = reply_from(content)
+    result = reply_from(content)
     plan = direct.rounds.plan(2, (40, 40))
-    expected = run_local_round(direct.engine, direct.rounds, plan, 1, direct.loss_for(2, 1))
-    # Assert: same bytes; the app left its model at the round's start state.
-    assert payload == expected and len(payload) == 3
-    assert reported_hash == start_hash == model_hash(via_flower.engine.model)
+    losses: list[float] = []
+    expected = run_local_round(direct.engine, direct.rounds, plan, 1, direct.loss_for(2, 1), losses)
+    # Assert: same bytes and score; the app left its model at the round's start state.
+    assert result.scalars == expected and len(expected) == 3
+    assert result.score == float(np.float32(np.mean(losses)))
+    assert result.start_hash == start_hash == model_hash(via_flower.engine.model)
 
 
 def test_an_unregistered_node_is_a_clear_error() -> None:

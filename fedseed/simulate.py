@@ -1,0 +1,353 @@
+"""``fedseed simulate``: many FedKSeed clients in one process, sharing one model copy.
+
+ZO clients differ only by their data and the seeds they are told to use, and
+every client's round ends where it started (:mod:`fedseed.local`), so the
+virtual clients of a round can run one after another on a single model: memory
+is one model plus the data shards, whatever the number of clients.
+
+Each round runs the same code as a deployment: the coordinator's selection
+policy (:mod:`fedseed.selection`) over the clients' reported scores, each
+selected client's :meth:`~fedseed.local.LocalClient.train_round`, then
+:meth:`~fedseed.rounds.FedKSeedRounds.aggregate` over the reply bytes and the
+agreed ledger step. A client may drop out of a round (a derived draw against
+``dropout``), exactly as a straggler past the deadline.
+
+Output in ``out_dir/run_name``: ``ledger.jsonl`` (every entry, appended and
+fsynced as rounds close), ``metrics.jsonl`` (one line per round: selected and
+replied clients, mean score, bytes that would travel, held-out loss/accuracy
+when evaluated, wall time), ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fedseed import data, models, partition, tasks
+from fedseed.codec import LogCodec
+from fedseed.curriculum import CurriculumConfig
+from fedseed.errors import ConfigError
+from fedseed.ledger import Ledger, model_hash
+from fedseed.local import LocalClient
+from fedseed.rounds import FedKSeedConfig, FedKSeedRounds
+from fedseed.seeds import PURPOSE_DROPOUT, derive_seed, run_key
+from fedseed.selection import Candidate, SelectionConfig, select
+from fedseed.train import DEFAULT_TRAINABLE
+from fedseed.zo import TrainableSet, ZOEngine
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("inprocess", "flower")
+# Bytes per round besides the scalars, as measured on the gRPC wire (bench/wire_bytes.py):
+# a task message down and a submit envelope up; sync carries the other clients' bytes.
+TASK_OVERHEAD_B = 40
+SUBMIT_OVERHEAD_B = 120
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    run_name: str = "simulate-default"
+    model: str = "smollm2"  # smollm2 (label words, binary) | minilm (classification head)
+    dataset: str = "vader-movies"
+    examples: int = 1200  # use the first N of the dataset's seeded shuffle (0 = all)
+    test_size: int = 128  # held-out examples (never in any client's shard)
+    num_clients: int = 20
+    clients_per_round: int = 4
+    rounds: int = 10
+    local_steps: int = 5
+    pool_size: int = 4096
+    lr: float = 0.1
+    eps: float = 1e-3
+    importance: bool = False  # FedKSeed-Pro
+    batch_size: int = 8
+    max_length: int = 48
+    trainable: tuple[str, ...] = ()  # regexes; () = the model's default
+    dropout: float = 0.0  # probability that a selected client never replies in a round
+    eval_every: int = 5  # rounds between held-out evaluations (the last round always)
+    seed: int = 0  # data shuffle, partition, new-head init
+    threads: int = 0  # torch threads; 0 = torch's default
+    engine: str = "inprocess"
+    out_dir: Path = Path("runs")
+    progress: bool = True
+    partition: partition.PartitionConfig = field(default_factory=partition.PartitionConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    def __post_init__(self) -> None:
+        if self.model not in models.MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODEL_NAMES)}")
+        if self.dataset not in data.DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.DATASETS)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.model == "smollm2" and data.NUM_CLASSES[self.dataset] != 2:
+            raise ConfigError(
+                f"model smollm2 uses binary label words; {self.dataset} has more classes: use minilm"
+            )
+        for name in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size", "test_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round ({self.clients_per_round}) exceeds num_clients ({self.num_clients})"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.partition.num_clients != self.num_clients:  # one setting, at the top level
+            object.__setattr__(
+                self, "partition", dataclasses.replace(self.partition, num_clients=self.num_clients)
+            )
+        FedKSeedConfig(self.pool_size, self.local_steps, self.lr, self.eps, self.importance)  # validates
+
+    @property
+    def fedkseed(self) -> FedKSeedConfig:
+        return FedKSeedConfig(self.pool_size, self.local_steps, self.lr, self.eps, self.importance)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> SimulationConfig:
+    """A config from TOML (top-level keys plus [partition], [curriculum], [selection] tables)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no config file at {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    raw.update(overrides or {})
+    return config_from_dict(raw, str(path or "config"))
+
+
+def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> SimulationConfig:
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(SimulationConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    nested: dict[str, Any] = {}
+    tables = {
+        "partition": partition.PartitionConfig,
+        "curriculum": CurriculumConfig,
+        "selection": SelectionConfig,
+    }
+    for name, cls in tables.items():
+        values = dict(raw.pop(name, {}))
+        if name == "partition":
+            values.setdefault("num_clients", raw.get("num_clients", SimulationConfig.num_clients))
+            values.setdefault("seed", raw.get("seed", SimulationConfig.seed))
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - valid)
+        if bad:
+            raise ConfigError(
+                f"{where}: unknown [{name}] setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}"
+            )
+        nested[name] = cls(**values)
+    if "trainable" in raw:
+        raw["trainable"] = tuple(raw["trainable"])
+    if "out_dir" in raw:
+        raw["out_dir"] = Path(raw["out_dir"])
+    return SimulationConfig(**raw, **nested)
+
+
+@dataclass
+class SimulationSetup:
+    """What a simulation (in-process or Flower) is built from, shared by both engines."""
+
+    config: SimulationConfig
+    task: tasks.Task
+    engine: ZOEngine
+    clients: list[LocalClient]
+    test_set: list[data.Example]
+    rounds: FedKSeedRounds
+
+
+def client_name(index: int) -> str:
+    return f"client-{index:04d}"
+
+
+def load_data(config: SimulationConfig) -> tuple[list[list[data.Example]], list[data.Example]]:
+    """(each client's shard, the held-out set): a pure function of the config.
+
+    A client process rebuilds its own shard from the same config and its index
+    (``fedseed client --config FILE --client-index I``); no data travels.
+    """
+    examples = data.load_dataset(config.dataset)
+    order = np.random.Generator(np.random.PCG64(config.seed)).permutation(len(examples))
+    shuffled = [examples[i] for i in order]
+    test_set = shuffled[: config.test_size]
+    pool = shuffled[config.test_size :]
+    if config.examples:
+        pool = pool[: config.examples]
+    if len(pool) < config.num_clients:
+        raise ConfigError(f"{config.num_clients} clients but only {len(pool)} training examples")
+    shards = partition.partition([e.label for e in pool], config.partition, [e.domain for e in pool])
+    return [[pool[j] for j in shard] for shard in shards], test_set
+
+
+def build_model(config: SimulationConfig) -> tuple[tasks.Task, ZOEngine]:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer = models.load_model(
+        config.model, num_labels=data.NUM_CLASSES[config.dataset], init_seed=config.seed
+    )
+    task = tasks.for_model(config.model, model, tokenizer, config.max_length)
+    trainable = TrainableSet.from_model(
+        model, include=list(config.trainable or DEFAULT_TRAINABLE[config.model])
+    )
+    return task, ZOEngine(model, trainable, eps=config.eps)
+
+
+def task_id(config: SimulationConfig) -> str:
+    """What the run's manifest calls its task (model and data must match across participants)."""
+    return f"{config.dataset}/{config.model}/{config.partition.scheme}/seed{config.seed}"
+
+
+def build(config: SimulationConfig) -> SimulationSetup:
+    shards, test_set = load_data(config)
+    task, engine = build_model(config)
+    rounds = FedKSeedRounds(config.fedkseed, run_key(config.run_name), LogCodec())
+    clients = [
+        LocalClient(
+            client_name(i), engine, task, shard, rounds, config.batch_size, config.curriculum,
+            total_rounds=config.rounds,
+        )
+        for i, shard in enumerate(shards)
+    ]  # fmt: skip
+    return SimulationSetup(config, task, engine, clients, test_set, rounds)
+
+
+def evaluate(task: tasks.Task, examples: list[data.Example]) -> tuple[float, float]:
+    """(mean loss, accuracy) on held-out examples."""
+    losses, correct = [], 0
+    for start in range(0, len(examples), 32):
+        encoded = task.encode(examples[start : start + 32])
+        with torch.no_grad():
+            logits = task.logits(encoded).float()
+        losses.append(float(torch.nn.functional.cross_entropy(logits, encoded["labels"], reduction="sum")))
+        correct += int((logits.argmax(-1) == encoded["labels"]).sum())
+    return sum(losses) / len(examples), correct / len(examples)
+
+
+def dropped(key: bytes, round_index: int, slot: int, probability: float) -> bool:
+    if probability <= 0:
+        return False
+    return derive_seed(key, PURPOSE_DROPOUT, round_index, slot) < probability * 2.0**64
+
+
+@dataclass
+class SimulationReport:
+    run_dir: Path
+    final_hash: str
+    base_hash: str
+    rounds: int
+    client_steps: int
+    loss_before: float
+    accuracy_before: float
+    loss_after: float
+    accuracy_after: float
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = None) -> SimulationReport:
+    if config.engine != "inprocess":
+        raise ConfigError(
+            f"run_simulation is the in-process engine; {config.engine!r} runs through its plugin"
+        )
+    setup = setup or build(config)
+    run_dir = config.out_dir / config.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("ledger.jsonl", "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    key = setup.rounds.key
+    base_hash = model_hash(setup.engine.model)
+    loss_before, acc_before = evaluate(setup.task, setup.test_set)
+    log.info("before: held-out loss %.4f, accuracy %.4f", loss_before, acc_before)
+    scores = {c.name: c.initial_score() for c in setup.clients}
+    by_name = {c.name: c for c in setup.clients}
+    started = time.perf_counter()
+    client_steps = bytes_up = bytes_down = 0
+    loss_after, acc_after = loss_before, acc_before
+    on_terminal = config.progress and sys.stderr.isatty()
+    with (
+        Ledger(path=run_dir / "ledger.jsonl") as ledger,
+        open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics,
+        tqdm(total=config.rounds, disable=not on_terminal, desc="rounds", unit="round") as bar,
+    ):
+        for r in range(config.rounds):
+            round_started = time.perf_counter()
+            candidates = [Candidate(c.name, c.num_samples, scores[c.name]) for c in setup.clients]
+            chosen = select(config.selection, key, r, config.rounds, candidates, config.clients_per_round)
+            counts = tuple(by_name[n].num_samples for n in chosen)
+            plan = setup.rounds.plan(r, counts)
+            replies: dict[int, bytes] = {}
+            for slot, name in enumerate(chosen):
+                if dropped(key, r, slot, config.dropout):
+                    continue
+                result = by_name[name].train_round(r, slot, counts)
+                replies[slot] = result.scalars
+                if np.isfinite(result.score):
+                    scores[name] = result.score
+            entries = setup.rounds.aggregate(plan, replies)
+            if entries:
+                setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
+            for e in entries:
+                ledger.append(e)
+            client_steps += len(replies) * config.local_steps
+            up = sum(len(p) + SUBMIT_OVERHEAD_B for p in replies.values())
+            down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
+            bytes_up, bytes_down = bytes_up + up, bytes_down + down
+            row: dict[str, Any] = {
+                "round": r, "selected": chosen, "replied": [chosen[s] for s in sorted(replies)],
+                "mean_score": float(np.mean([scores[n] for n in chosen])), "entries": len(entries),
+                "client_steps": client_steps, "bytes_up": up, "bytes_down": down,
+                "bytes_total": bytes_up + bytes_down, "seconds": time.perf_counter() - round_started,
+            }  # fmt: skip
+            if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
+                loss_after, acc_after = evaluate(setup.task, setup.test_set)
+                row.update(test_loss=loss_after, test_accuracy=acc_after)
+                log.info("round %d: held-out loss %.4f, accuracy %.4f", r, loss_after, acc_after)
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.update(1)
+            if config.progress and not on_terminal:
+                log.info(
+                    "round %d/%d closed: %d replies, %d entries",
+                    r + 1,
+                    config.rounds,
+                    len(replies),
+                    len(entries),
+                )
+    report = SimulationReport(
+        run_dir, model_hash(setup.engine.model), base_hash, config.rounds, client_steps, loss_before,
+        acc_before, loss_after, acc_after, bytes_up, bytes_down, time.perf_counter() - started,
+    )  # fmt: skip
+    summary = {"config": _jsonable(dataclasses.asdict(config)), **report.to_dict()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
