@@ -19,16 +19,25 @@ loaded client in a small registry keyed by node id (:func:`register`).
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedseed import serde, simulate
 from fedseed.local import LocalClient, RoundResult
+from fedseed.rounds import ClosedRound
 
 TASK_KEY = "fedseed.task"
 REPLY_KEY = "fedseed.reply"
-
+JOIN_KEY = "fedseed.join"
+# Flower's simulation engine runs this app in Ray workers: they build their clients
+# from the simulation config the driver puts here (JSON of a SimulationConfig).
+CONFIG_ENV = "FEDSEED_SIMULATION_CONFIG"
 
 _RUNTIMES: dict[int, LocalClient] = {}
 
@@ -37,10 +46,46 @@ def register(node_id: int, runtime: LocalClient) -> None:
     _RUNTIMES[node_id] = runtime
 
 
-def task_content(round_index: int, slot: int, sample_counts: tuple[int, ...]) -> RecordDict:
-    return RecordDict(
-        {TASK_KEY: ConfigRecord({"round": round_index, "slot": slot, "sample_counts": list(sample_counts)})}
-    )
+@dataclass
+class _SharedModel:
+    """One model per worker process, shared by the virtual clients it runs (as the simulator)."""
+
+    setup: simulate.SimulationSetup
+    applied_rounds: int = 0
+
+    def catch_up(self, history: Sequence[ClosedRound]) -> None:
+        """Apply the closed rounds this copy has not applied yet (the run's ledger, as bytes)."""
+        rounds = self.setup.rounds
+        for closed in history[self.applied_rounds :]:
+            plan = rounds.plan(closed.round_index, closed.sample_counts)
+            entries = rounds.aggregate(plan, closed.replies(rounds.config.local_steps))
+            if entries:
+                self.setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
+            self.applied_rounds = closed.round_index + 1
+
+
+_SHARED: dict[str, _SharedModel] = {}
+
+
+def _simulation_client(context: Context) -> tuple[LocalClient, _SharedModel]:
+    """This worker's client for the node's partition, built from the driver's config."""
+    raw = os.environ.get(CONFIG_ENV)
+    if raw is None:
+        raise RuntimeError(f"no fedseed client registered for node {context.node_id}")
+    shared = _SHARED.get(raw)
+    if shared is None:
+        shared = _SHARED[raw] = _SharedModel(simulate.build(simulate.config_from_dict(json.loads(raw))))
+    return shared.setup.clients[int(context.node_config["partition-id"])], shared
+
+
+def task_content(
+    round_index: int, slot: int, sample_counts: tuple[int, ...], history: Sequence[ClosedRound] = ()
+) -> RecordDict:
+    record = ConfigRecord({
+        "round": round_index, "slot": slot, "sample_counts": list(sample_counts),
+        "history": [serde.closed_round_to_bytes(c) for c in history],
+    })  # fmt: skip
+    return RecordDict({TASK_KEY: record})
 
 
 def reply_from(content: RecordDict) -> RoundResult:
@@ -55,15 +100,27 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    task = msg.content[TASK_KEY]
     runtime = _RUNTIMES.get(context.node_id)
     if runtime is None:
-        raise RuntimeError(f"no fedseed client registered for node {context.node_id}")
-    task = msg.content[TASK_KEY]
+        runtime, shared = _simulation_client(context)
+        history = [serde.closed_round_from_bytes(b) for b in cast(list[bytes], task.get("history", []))]
+        shared.catch_up(history)
     round_index, slot = cast(int, task["round"]), cast(int, task["slot"])
     result = runtime.train_round(round_index, slot, cast(list[int], task["sample_counts"]))
     reply = RecordDict(
         {REPLY_KEY: ConfigRecord(
-            {"scalars": result.scalars, "start_hash": result.start_hash, "score": result.score}
+            {"scalars": result.scalars, "start_hash": result.start_hash, "score": result.score, "slot": slot}
         )}
     )  # fmt: skip
     return Message(reply, reply_to=msg)
+
+
+@app.query()
+def join(msg: Message, context: Context) -> Message:
+    """What a gRPC client sends in Join: its name, sample count and score (mean loss)."""
+    runtime = _RUNTIMES.get(context.node_id) or _simulation_client(context)[0]
+    content: dict[str, str | int | float] = {"name": runtime.name, "num_samples": runtime.num_samples}
+    if cast(bool, msg.content[JOIN_KEY].get("score", False)):
+        content["score"] = runtime.initial_score()
+    return Message(RecordDict({JOIN_KEY: ConfigRecord(dict(content))}), reply_to=msg)

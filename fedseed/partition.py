@@ -6,10 +6,8 @@ client's shard is reproducible from (dataset, partition, client id) and never
 has to travel. Every sample lands in exactly one shard.
 
 - ``iid``: a seeded permutation dealt round-robin.
-- ``dirichlet``: per class, proportions ``p ~ Dir(alpha · 1)`` over clients
-  (Hsu et al. 2019; the curriculum paper's ``noniid-labeldir``); small alpha,
-  few classes per client. Redrawn (from the same seeded generator) until every
-  client holds at least ``min_size`` samples.
+- ``dirichlet``: each client's class mix ``q ~ Dir(alpha · 1)`` (Hsu et al.
+  2019), equal shard sizes; small alpha, few classes per client.
 - ``pathological``: sorted by label, cut into ``classes_per_client x clients``
   shards, each client takes that many shards (McMahan et al. 2017).
 - ``domain``: clients are dealt to the data's natural domains round-robin
@@ -27,7 +25,6 @@ import numpy as np
 from fedseed.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "domain")
-MAX_DIRICHLET_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class PartitionConfig:
     seed: int = 0
     alpha: float = 0.1  # dirichlet
     classes_per_client: int = 1  # pathological
-    min_size: int = 2  # dirichlet: every client holds at least this many samples
+    min_size: int = 2  # dirichlet: refuse a split that would leave a client fewer samples
 
     def __post_init__(self) -> None:
         if self.scheme not in PARTITIONS:
@@ -78,23 +75,32 @@ def _deal(order: np.ndarray, k: int) -> list[list[int]]:
 def _dirichlet(
     labels: np.ndarray, k: int, alpha: float, min_size: int, rng: np.random.Generator
 ) -> list[list[int]]:
+    """Hsu et al. (2019): client ``c`` draws its class mix ``q_c ~ Dir(alpha · 1)``.
+
+    Clients get (near) equal sizes, ``n // k`` or one more, so nobody is left
+    empty even with two classes and many clients (the per-class split of the
+    paper's code needs ~10 classes for that). Each client takes its samples
+    class by class as ``q_c`` asks, from what is left; a class that has run out
+    is replaced by the client's next most wanted class with samples left.
+    """
     if k * min_size > len(labels):
         raise ConfigError(f"{k} clients x min_size {min_size} exceeds {len(labels)} samples")
     classes = np.unique(labels)
-    for _ in range(MAX_DIRICHLET_TRIES):
-        shards: list[list[int]] = [[] for _ in range(k)]
-        for c in classes:
-            members = rng.permutation(np.flatnonzero(labels == c))
-            shares = rng.dirichlet(np.full(k, alpha))
-            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-            for client, part in enumerate(np.split(members, cuts)):
-                shards[client].extend(part)
-        if min(len(s) for s in shards) >= min_size:
-            return shards
-    raise ConfigError(
-        f"Dirichlet(alpha={alpha}) left a client with fewer than {min_size} samples in "
-        f"{MAX_DIRICHLET_TRIES} draws; use fewer clients, a larger alpha or a smaller min_size"
-    )
+    supply = {int(c): list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
+    sizes = [len(labels) // k + (1 if c < len(labels) % k else 0) for c in range(k)]
+    shards: list[list[int]] = []
+    for size in sizes:
+        mix = rng.dirichlet(np.full(len(classes), alpha))
+        wanted = rng.multinomial(size, mix)
+        shard: list[int] = []
+        for c, count in zip(classes, wanted, strict=True):
+            take = min(int(count), len(supply[int(c)]))
+            shard += [supply[int(c)].pop() for _ in range(take)]
+        for c in classes[np.argsort(-mix, kind="stable")]:  # top up from the most wanted classes left
+            while len(shard) < size and supply[int(c)]:
+                shard.append(supply[int(c)].pop())
+        shards.append(shard)
+    return shards
 
 
 def _pathological(labels: np.ndarray, k: int, per_client: int, rng: np.random.Generator) -> list[list[int]]:

@@ -65,3 +65,11 @@ def closed_round_from_proto(message: pb.ClosedRound) -> ClosedRound:
         message.round, tuple(message.sample_counts), tuple(message.replied_slots),
         message.scalars, message.start_hash,
     )  # fmt: skip
+
+
+def closed_round_to_bytes(closed: ClosedRound) -> bytes:
+    return closed_round_to_proto(closed).SerializeToString()
+
+
+def closed_round_from_bytes(raw: bytes) -> ClosedRound:
+    return closed_round_from_proto(pb.ClosedRound.FromString(raw))

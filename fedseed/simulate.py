@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,8 +40,8 @@ from fedseed.codec import LogCodec
 from fedseed.curriculum import CurriculumConfig
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, model_hash
-from fedseed.local import LocalClient
-from fedseed.rounds import FedKSeedConfig, FedKSeedRounds
+from fedseed.local import LocalClient, RoundResult
+from fedseed.rounds import ClosedRound, FedKSeedConfig, FedKSeedRounds
 from fedseed.seeds import PURPOSE_DROPOUT, derive_seed, run_key
 from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.train import DEFAULT_TRAINABLE
@@ -267,12 +267,62 @@ class SimulationReport:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+class Transport(Protocol):
+    """How the driver reaches its clients: in process, or through Flower's engine."""
+
+    def join(self, with_scores: bool) -> dict[str, tuple[int, float | None]]:
+        """Every client's name -> (sample count, score at join or None)."""
+        ...
+
+    def train(
+        self,
+        round_index: int,
+        slots: dict[int, str],
+        sample_counts: tuple[int, ...],
+        history: list[ClosedRound],
+    ) -> dict[int, RoundResult]:
+        """Run the round's local work of the clients in ``slots`` (slot -> name); replies by slot."""
+        ...
+
+
+@dataclass
+class InProcess:
+    """Virtual clients sharing the driver's own model copy."""
+
+    clients: list[LocalClient]
+
+    def join(self, with_scores: bool) -> dict[str, tuple[int, float | None]]:
+        return {c.name: (c.num_samples, c.initial_score() if with_scores else None) for c in self.clients}
+
+    def train(
+        self,
+        round_index: int,
+        slots: dict[int, str],
+        sample_counts: tuple[int, ...],
+        history: list[ClosedRound],
+    ) -> dict[int, RoundResult]:
+        by_name = {c.name: c for c in self.clients}
+        return {
+            slot: by_name[name].train_round(round_index, slot, sample_counts) for slot, name in slots.items()
+        }
+
+
 def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = None) -> SimulationReport:
+    """The in-process engine (``engine = "inprocess"``)."""
     if config.engine != "inprocess":
         raise ConfigError(
             f"run_simulation is the in-process engine; {config.engine!r} runs through its plugin"
         )
     setup = setup or build(config)
+    return drive(config, setup, InProcess(setup.clients))
+
+
+def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport) -> SimulationReport:
+    """The round loop every engine shares: select, train, aggregate, apply, record.
+
+    ``setup.engine`` is the driver's model: it follows the agreed ledger (for
+    evaluation and the final hash). In process it is also the clients' model.
+    """
     run_dir = config.out_dir / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("ledger.jsonl", "metrics.jsonl"):
@@ -281,8 +331,11 @@ def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = Non
     base_hash = model_hash(setup.engine.model)
     loss_before, acc_before = evaluate(setup.task, setup.test_set)
     log.info("before: held-out loss %.4f, accuracy %.4f", loss_before, acc_before)
-    scores = {c.name: c.initial_score() for c in setup.clients}
-    by_name = {c.name: c for c in setup.clients}
+    # Clients report a score at join; only score-driven policies read it, so the
+    # simulator measures it only for them (uniform selects the same clients either way).
+    joined = transport.join(with_scores=config.selection.policy != "uniform")
+    scores = {name: score for name, (_, score) in joined.items()}
+    history: list[ClosedRound] = []
     started = time.perf_counter()
     client_steps = bytes_up = bytes_down = 0
     loss_after, acc_after = loss_before, acc_before
@@ -294,18 +347,28 @@ def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = Non
     ):
         for r in range(config.rounds):
             round_started = time.perf_counter()
-            candidates = [Candidate(c.name, c.num_samples, scores[c.name]) for c in setup.clients]
+            candidates = [Candidate(name, n, scores[name]) for name, (n, _) in sorted(joined.items())]
             chosen = select(config.selection, key, r, config.rounds, candidates, config.clients_per_round)
-            counts = tuple(by_name[n].num_samples for n in chosen)
+            counts = tuple(joined[n][0] for n in chosen)
             plan = setup.rounds.plan(r, counts)
-            replies: dict[int, bytes] = {}
-            for slot, name in enumerate(chosen):
-                if dropped(key, r, slot, config.dropout):
-                    continue
-                result = by_name[name].train_round(r, slot, counts)
-                replies[slot] = result.scalars
+            live = {
+                slot: name for slot, name in enumerate(chosen) if not dropped(key, r, slot, config.dropout)
+            }
+            results = transport.train(r, live, counts, history)
+            replies = {slot: results[slot].scalars for slot in sorted(results)}
+            for slot, result in results.items():
                 if np.isfinite(result.score):
-                    scores[name] = result.score
+                    scores[chosen[slot]] = result.score
+            start_hashes = {res.start_hash for res in results.values()}
+            history.append(
+                ClosedRound(
+                    r,
+                    counts,
+                    tuple(replies),
+                    b"".join(replies.values()),
+                    start_hashes.pop() if len(start_hashes) == 1 else "",
+                )
+            )
             entries = setup.rounds.aggregate(plan, replies)
             if entries:
                 setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
@@ -316,8 +379,8 @@ def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = Non
             down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
             bytes_up, bytes_down = bytes_up + up, bytes_down + down
             row: dict[str, Any] = {
-                "round": r, "selected": chosen, "replied": [chosen[s] for s in sorted(replies)],
-                "mean_score": float(np.mean([scores[n] for n in chosen])), "entries": len(entries),
+                "round": r, "selected": chosen, "replied": [chosen[s] for s in replies],
+                "mean_score": _mean_known([scores[n] for n in chosen]), "entries": len(entries),
                 "client_steps": client_steps, "bytes_up": up, "bytes_down": down,
                 "bytes_total": bytes_up + bytes_down, "seconds": time.perf_counter() - round_started,
             }  # fmt: skip
@@ -343,6 +406,11 @@ def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = Non
     summary = {"config": _jsonable(dataclasses.asdict(config)), **report.to_dict()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report
+
+
+def _mean_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""One run, two ways: the in-process simulator and a real coordinator with client processes.
+"""One run, three ways: the in-process simulator, Flower's Simulation Engine (Ray),
+and a real coordinator with client processes.
 
 Same config (scores drive selection, a loss-scored data curriculum paces each
 client) -> the same ledger, entry for entry, and the same final model hash.
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedseed import simulate
+from fedseed.client import flower_sim
 from fedseed.codec import LogCodec
 from fedseed.ledger import Ledger, LedgerEntry
 from fedseed.manifest import build_manifest
@@ -100,6 +102,10 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
             summaries.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         stop_gracefully(server, health, grace_s=1)
+    # Execute 3: Flower's Simulation Engine, the same ClientApp in Ray workers.
+    flower = simulate.load_config(config_path, {"out_dir": str(tmp_path / "flower"), "progress": False})
+    flower_report = flower_sim.run(flower)
+    flower_ledger = list(Ledger.load(flower_report.run_dir / "ledger.jsonl").entries)
     # The coordinator's ledger: derived from its stored reply bytes alone.
     rounds = FedKSeedRounds(config.fedkseed, run_key(config.run_name), LogCodec())
     wire_ledger: list[LedgerEntry] = []
@@ -108,6 +114,6 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
         wire_ledger += rounds.aggregate(plan, closed.replies(config.local_steps))
     # Assert
     assert len(sim_ledger) > 0
-    assert wire_ledger == sim_ledger
-    assert {s["model_hash"] for s in summaries} == {report.final_hash}
+    assert wire_ledger == sim_ledger == flower_ledger
+    assert {s["model_hash"] for s in summaries} == {report.final_hash} == {flower_report.final_hash}
     assert report.final_hash != report.base_hash
