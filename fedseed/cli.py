@@ -2,6 +2,7 @@
 
     fedseed train [--model minilm|smollm2] [--steps N] ...   # ZO fine-tuning, one process
     fedseed simulate [--config FILE] [--set KEY=VALUE] ...   # many clients, one process
+    torchrun --nproc-per-node 3 .venv/bin/fedseed peer ...    # serverless one-byte peers
     fedseed fetch-assets                                      # download data, convert models
 
 User mistakes and missing assets end with one ``error:`` line and exit code 2,
@@ -43,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``key=value`` pairs (values parsed as TOML; bare words as strings; ``a.b=`` for tables)."""
     import tomllib
 
@@ -67,7 +68,7 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> int:
     from fedseed import simulate
 
-    overrides = _parse_overrides(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if args.engine:
         overrides["engine"] = args.engine
     if args.out:
@@ -120,7 +121,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedseed",
         description="Seed-only federated ZO training.",
-        epilog="more commands: " + ", ".join(plugins) + " (each has --help)" if plugins else None,
+        epilog="more commands: " + ", ".join([*plugins, "peer (under torchrun)"]) + " (each has --help)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +197,10 @@ def _plugin_commands() -> dict[str, EntryPoint]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "peer":  # launched by torchrun: its own argument parser
+        from fedseed import peer
+
+        return peer.main(argv[1:])
     plugins = _plugin_commands()
     if argv and argv[0] in plugins:
         return int(plugins[argv[0]].load()(argv[1:]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ from fedseed.errors import LedgerError
 from fedseed.perturb.stream import Seed, as_seed
 
 HASH_NAME = "sha256"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,9 @@ class Ledger:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
+                if not line.endswith("\n"):  # a write torn by a crash: never acknowledged
+                    log.warning("%s:%d: dropping an incomplete last line (a crash mid-write)", path, number)
+                    break
                 try:
                     raw = json.loads(line)
                     entries.append(LedgerEntry.make(raw["round"], raw["step"], raw["seed"], raw["coef"]))

@@ -37,12 +37,12 @@ def test_appends_reach_the_file_before_returning(tmp_path: Path) -> None:
         assert Ledger.load(path).entries == ledger.entries  # read by another handle, mid-run
 
 
-def test_a_torn_last_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
-    path = tmp_path / "torn.jsonl"
+def test_a_corrupt_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.jsonl"
     Ledger([LedgerEntry.make(0, 0, 1, 0.5), LedgerEntry.make(0, 1, 2, 0.25)]).save(path)
     with open(path, "a") as f:
-        f.write('{"round": 0, "step": 2, "se')
-    with pytest.raises(LedgerError, match=r"torn.jsonl:3: not a ledger entry"):
+        f.write('{"round": 0, "step": 2, "se\n{"round": 0, "step": 3, "seed": 4, "coef": 0.5}\n')
+    with pytest.raises(LedgerError, match=r"corrupt.jsonl:3: not a ledger entry"):
         Ledger.load(path)
 
 
@@ -103,3 +103,12 @@ def test_replaying_a_clients_ledger_rebuilds_its_model_bit_for_bit(tmp_path: Pat
     assert model_hash(replica) == model_hash(client) != base_hash
     for (name, a), (_, b) in zip(client.named_parameters(), replica.named_parameters(), strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), name
+
+
+def test_a_torn_last_line_is_dropped_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    entries = [LedgerEntry.make(0, s, 100 + s, 0.5) for s in range(3)]
+    Ledger(entries).save(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(entries[-1].to_json()[:20])  # a crash in the middle of the next append
+    assert Ledger.load(path).entries == tuple(entries)
