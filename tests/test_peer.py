@@ -116,3 +116,42 @@ def test_a_peer_outside_torchrun_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "launch peers with torchrun" in proc.stderr
+
+
+@pytest.mark.slow
+def test_peers_with_different_runs_refuse_to_start(tmp_path: Path) -> None:
+    # Two peers started by hand (torchrun's environment), one with another learning rate.
+    config = tmp_path / "peers.toml"
+    config.write_text(CONFIG)
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(29500 + os.getpid() % 1000),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedseed.peer",
+                "--config",
+                str(config),
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                f"lr={lr}",
+            ],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, lr in enumerate(("0.01", "0.02"))
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2
+        assert "manifest or run differs" in err and "'lr': 0.02" in err
