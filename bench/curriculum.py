@@ -88,28 +88,33 @@ def jobs(seeds: list[int], rounds: int, out: Path, arms: list[str]) -> list[dict
     return result
 
 
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
+
+
 def summarize(rows: list[dict[str, Any]]) -> str:
+    """Paired by seed: each seed has its own test set, so compare gains, not levels."""
     lines = [
-        "| partition | arm | accuracy (mean ± sd) | held-out loss (mean ± sd) | Δ acc vs vanilla | runs |",
+        "| partition | arm | accuracy gain (after - before) | held-out loss change | "
+        "accuracy vs vanilla, same seed | runs |",
         "|---|---|---|---|---|---|",
     ]
     for pname in PARTITIONS:
-        base = [r["accuracy_after"] for r in rows if r["partition"] == pname and r["arm"] == "vanilla"]
+        vanilla = {r["seed"]: r for r in rows if r["partition"] == pname and r["arm"] == "vanilla"}
         for arm in ARMS:
             sel = [r for r in rows if r["partition"] == pname and r["arm"] == arm]
             if not sel:
                 continue
-            acc = [r["accuracy_after"] for r in sel]
-            loss = [r["loss_after"] for r in sel]
-            sd = statistics.stdev if len(sel) > 1 else (lambda _: 0.0)
-            delta = statistics.mean(acc) - statistics.mean(base) if base else float("nan")
-            lines.append(
-                f"| {pname} | {arm} | {statistics.mean(acc):.3f} ± {sd(acc):.3f} | "
-                f"{statistics.mean(loss):.4f} ± {sd(loss):.4f} | {delta:+.3f} | {len(sel)} |"
-            )
-    before = [r["accuracy_before"] for r in rows]
-    lines.append("")
-    lines.append(f"Before training: accuracy {statistics.mean(before):.3f} (same model, per-seed test sets).")
+            gain = [r["accuracy_after"] - r["accuracy_before"] for r in sel]
+            loss = [r["loss_after"] - r["loss_before"] for r in sel]
+            paired = [
+                r["accuracy_after"] - vanilla[r["seed"]]["accuracy_after"]
+                for r in sel
+                if r["seed"] in vanilla
+            ]
+            vs = _mean_sd(paired) if paired and arm != "vanilla" else "-"
+            lines.append(f"| {pname} | {arm} | {_mean_sd(gain)} | {_mean_sd(loss)} | {vs} | {len(sel)} |")
     return "\n".join(lines)
 
 
@@ -123,16 +128,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, pname in zip(axes, PARTITIONS, strict=True):
         arms = [a for a in ARMS if any(r["arm"] == a and r["partition"] == pname for r in rows)]
         for i, arm in enumerate(arms):
-            accs = [r["accuracy_after"] for r in rows if r["arm"] == arm and r["partition"] == pname]
-            ax.bar(i, statistics.mean(accs), color="#4C72B0" if arm == "vanilla" else "#DD8452", alpha=0.8)
-            ax.scatter([i] * len(accs), accs, color="black", s=12, zorder=3)
-        before = statistics.mean(r["accuracy_before"] for r in rows if r["partition"] == pname)
-        ax.axhline(before, color="grey", linestyle="--", linewidth=1, label="before training")
+            sel = [r for r in rows if r["arm"] == arm and r["partition"] == pname]
+            gains = [r["accuracy_after"] - r["accuracy_before"] for r in sel]
+            ax.bar(i, statistics.mean(gains), color="#4C72B0" if arm == "vanilla" else "#DD8452", alpha=0.8)
+            ax.scatter([i] * len(gains), gains, color="black", s=12, zorder=3)
+        ax.axhline(0.0, color="grey", linewidth=1)
         ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
         ax.set_title(f"partition: {pname}")
-        ax.set_ylim(0.4, 0.9)
-        ax.legend(loc="upper left")
-    axes[0].set_ylabel("held-out accuracy (dots: seeds)")
     fig.suptitle("SmolLM2-135M, VADER (4 domains), 20 clients, same client-step budget per arm")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

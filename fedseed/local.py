@@ -93,10 +93,14 @@ class LocalClient:
 
         return for_step
 
-    def train_round(self, round_index: int, slot: int, sample_counts: Sequence[int]) -> RoundResult:
+    def train_round(
+        self, round_index: int, slot: int, sample_counts: Sequence[int], start_hash: str | None = None
+    ) -> RoundResult:
+        """``start_hash``: the model's hash if the caller knows it (clients sharing one model
+        in a round hash it once: over a whole model it costs as much as a ZO step)."""
         plan = self.rounds.plan(round_index, tuple(sample_counts))
         start = self.engine.snapshot()
-        start_hash = model_hash(self.engine.model)
+        start_hash = start_hash or model_hash(self.engine.model)
         losses: list[float] = []
         try:
             payload = run_local_round(
