@@ -19,7 +19,7 @@ the in-process one.
 For Flower's deployment engine (``flwr run`` against a SuperLink), use
 ``fedseed.client.flower_sim:server_app`` and ``fedseed.client.flower_app:app``
 as the apps, with runtime dependency installation disabled so it never pulls
-another torch (docs/running.md).
+another torch (docs/running.md; not exercised here).
 """
 
 from __future__ import annotations
