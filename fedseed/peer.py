@@ -181,6 +181,8 @@ def run_peer(
     summary = {"peer": rank, "world": world, "steps": _steps_in(ledger), "lost_peer": lost,
                "base_hash": base, "model_hash": model_hash(engine.model), "test_loss": loss,
                "test_accuracy": accuracy, "ledger": str(path)}  # fmt: skip
+    # Also a file: peers share one stdout under torchrun, where lines can interleave.
+    (out_dir / f"peer-{rank}.summary.json").write_text(json.dumps(summary) + "\n")
     return summary
 
 

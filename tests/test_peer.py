@@ -25,6 +25,8 @@ batch_size = 4
 max_length = 24
 threads = 1
 """
+# Loopback only: gloo otherwise picks the interface of the host name, which can refuse connections.
+LOOPBACK = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3"]
 
 
@@ -35,8 +37,9 @@ def _peers(tmp_path: Path, out: str, steps: int, *extra: str) -> list[str]:
             "--hash-every", "2", "--timeout-s", "20", "--out", str(tmp_path / out)]  # fmt: skip
 
 
-def _summaries(stdout: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"peer"')]
+def _summaries(out_dir: Path) -> list[dict[str, object]]:
+    """Each peer's summary file (its stdout line can interleave with the others')."""
+    return [json.loads(p.read_text()) for p in sorted(out_dir.glob("peer-*.summary.json"))]
 
 
 def _worker_pid(out_dir: Path, local_rank: int) -> int | None:
@@ -61,15 +64,17 @@ def _worker_pid(out_dir: Path, local_rank: int) -> int | None:
 @pytest.mark.slow
 def test_three_peers_agree_and_a_killed_peer_rejoins_from_the_ledgers(tmp_path: Path) -> None:
     # Execute 1: an uninterrupted run of 8 steps.
-    clean = subprocess.run(_peers(tmp_path, "clean", 8), capture_output=True, text=True, timeout=600)
+    clean = subprocess.run(
+        _peers(tmp_path, "clean", 8), capture_output=True, text=True, timeout=600, env=LOOPBACK
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
-    summaries = _summaries(clean.stdout)
+    summaries = _summaries(tmp_path / "clean")
     assert len(summaries) == 3
     assert len({s["model_hash"] for s in summaries}) == 1
     assert summaries[0]["model_hash"] != summaries[0]["base_hash"]
-    # Execute 2: the same run; peer 2 is killed (SIGKILL) after step 3; torchrun restarts the group.
-    command = _peers(tmp_path, "killed", 8, "--max-restarts", "1")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Execute 2: the same run; peer 2 is killed (SIGKILL) after step 3.
+    command = _peers(tmp_path, "killed", 8)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LOOPBACK)
     ledger = tmp_path / "killed" / "peer-2.ledger.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -80,12 +85,14 @@ def test_three_peers_agree_and_a_killed_peer_rejoins_from_the_ledgers(tmp_path: 
     assert pid is not None, "peer 2 not found"
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
-    # Assert: the group noticed at once (no stall), restarted, caught up from its ledgers, and
-    # ended where the uninterrupted run did, bit for bit.
-    assert proc.returncode == 0, err[-3000:]
-    assert time.monotonic() - killed_at < 300
-    after = _summaries(out)
+    proc.communicate(timeout=600)
+    # Assert: the others did not stall (torchrun ends the group), their ledgers are saved ...
+    assert proc.returncode != 0
+    assert time.monotonic() - killed_at < 60
+    # ... and a relaunch replays them, catches up and ends where the uninterrupted run did, bit for bit.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=LOOPBACK)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = _summaries(tmp_path / "killed")
     assert len(after) == 3 and {s["steps"] for s in after} == {8}
     assert {s["model_hash"] for s in after} == {summaries[0]["model_hash"]}
     assert Ledger.load(ledger).entries == Ledger.load(tmp_path / "clean" / "peer-0.ledger.jsonl").entries
@@ -93,13 +100,17 @@ def test_three_peers_agree_and_a_killed_peer_rejoins_from_the_ledgers(tmp_path: 
 
 @pytest.mark.slow
 def test_a_new_peer_catches_up_from_a_peers_ledger(tmp_path: Path) -> None:
-    first = subprocess.run(_peers(tmp_path, "run", 4), capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        _peers(tmp_path, "run", 4), capture_output=True, text=True, timeout=600, env=LOOPBACK
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     (tmp_path / "run" / "peer-1.ledger.jsonl").unlink()  # peer 1 is new: no ledger of its own
-    second = subprocess.run(_peers(tmp_path, "run", 6), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        _peers(tmp_path, "run", 6), capture_output=True, text=True, timeout=600, env=LOOPBACK
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "peer 1: catching up 4 steps from peer 0's ledger" in second.stderr
-    summaries = _summaries(second.stdout)
+    summaries = _summaries(tmp_path / "run")
     assert {s["steps"] for s in summaries} == {6} and len({s["model_hash"] for s in summaries}) == 1
 
 
