@@ -3,6 +3,8 @@
     fedseed train [--model minilm|smollm2] [--steps N] ...   # ZO fine-tuning, one process
     fedseed simulate [--config FILE] [--set KEY=VALUE] ...   # many clients, one process
     torchrun --nproc-per-node 3 .venv/bin/fedseed peer ...    # serverless one-byte peers
+    fedseed export --run RUN --out DIR                        # the run's model as a HF checkpoint
+    fedseed status RUN / fedseed report RUN                   # what a run did, as text / PNG plots
     fedseed fetch-assets                                      # download data, convert models
 
 User mistakes and missing assets end with one ``error:`` line and exit code 2,
@@ -103,6 +105,45 @@ def _fetch_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fedseed.export import export_run
+
+    report = export_run(
+        Path(args.run), Path(args.out), rounds=args.rounds, force=args.force, progress=not args.no_progress
+    )
+    verified = (
+        "verified against the run's record"
+        if report.verified_at == report.rounds
+        else f"verified up to round {report.verified_at} (no hash recorded after round {report.rounds})"
+    )
+    print(f"exported {report.run} ({report.kind}) after {report.rounds} rounds, {report.steps} ledger steps")
+    print(f"model hash: {report.model_hash} ({verified})")
+    print(f"checkpoint: {report.out} (transformers: AutoModel*.from_pretrained, no fedseed needed)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from fedseed.report import status, status_text
+    from fedseed.runs import open_run
+
+    summary = status(open_run(Path(args.run)))
+    print(json.dumps(summary, indent=2) if args.json else status_text(summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedseed.report import report
+    from fedseed.runs import open_run
+
+    record = open_run(Path(args.run))
+    out = Path(args.out) if args.out else (record.path if record.path.is_dir() else record.path.parent)
+    for path in report(record, out):
+        print(path)
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from fedseed import models
     from fedseed.manifest import build_manifest, manifest_toml
@@ -179,6 +220,30 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     sim.add_argument("--out", help="folder for run folders (default runs/)")
     sim.add_argument("--no-progress", action="store_true")
     sim.set_defaults(func=_simulate)
+
+    run_help = "a run folder (fedseed simulate/train) or a coordinator database"
+    export = sub.add_parser(
+        "export",
+        help="rebuild a run's model from base model + ledger as a Hugging Face checkpoint",
+        description="Rebuilds the model (base model + ledger replay), checks it against the hashes the run "
+        "recorded, and writes safetensors + config + tokenizer that transformers loads without fedseed.",
+    )
+    export.add_argument("--run", required=True, help=run_help)
+    export.add_argument("--out", required=True, help="checkpoint folder to write")
+    export.add_argument("--rounds", type=int, help="the model after this many rounds (default: all)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--no-progress", action="store_true")
+    export.set_defaults(func=_export)
+
+    stat = sub.add_parser("status", help="rounds, clients, bytes and latest metrics of a run")
+    stat.add_argument("run", help=run_help)
+    stat.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    stat.set_defaults(func=_status)
+
+    rep = sub.add_parser("report", help="PNG plots of a federated run (accuracy/loss, bytes, participation)")
+    rep.add_argument("run", help=run_help)
+    rep.add_argument("--out", help="folder for the PNGs (default: the run folder / the database's folder)")
+    rep.set_defaults(func=_report)
 
     fetch = sub.add_parser("fetch-assets", help="download VADER data, convert SmolLM2 once")
     fetch.add_argument("--force", action="store_true")

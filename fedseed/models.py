@@ -124,8 +124,9 @@ def load_causal_lm() -> tuple[nn.Module, Any]:
 
     _quiet_transformers()
     path = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    tokenizer.padding_side = "left"  # the prediction is read at the last position
+    # The prediction is read at the last position. Passed at load (not set afterwards) so
+    # that save_pretrained keeps it: an exported checkpoint pads the same way.
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -58,32 +58,32 @@ SUBMIT_OVERHEAD_B = 120
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    run_name: str = "simulate-default"
+    run_name: str = "simulate-default"  # names the run folder; every seed and schedule derives from it
     model: str = "smollm2"  # smollm2 (label words, binary) | minilm (classification head)
-    dataset: str = "vader-movies"
+    dataset: str = "vader-movies"  # vader-movies|tweets|amazon|nyt, vader-all (4 domains), bbcnews (minilm)
     examples: int = 1200  # use the first N of the dataset's seeded shuffle (0 = all)
     test_size: int = 128  # held-out examples (never in any client's shard)
-    num_clients: int = 20
-    clients_per_round: int = 4
-    rounds: int = 10
-    local_steps: int = 5
-    pool_size: int = 4096
-    lr: float = 0.1
-    eps: float = 1e-3
-    importance: bool = False  # FedKSeed-Pro
-    batch_size: int = 8
-    max_length: int = 48
-    trainable: tuple[str, ...] = ()  # regexes; () = the model's default
+    num_clients: int = 20  # virtual clients, one data shard each
+    clients_per_round: int = 4  # clients selected per round
+    rounds: int = 10  # rounds to run
+    local_steps: int = 5  # ZO steps per selected client per round: one byte each on the wire
+    pool_size: int = 4096  # K candidate seeds (FedKSeed)
+    lr: float = 0.1  # ZO-SGD learning rate
+    eps: float = 1e-3  # SPSA perturbation scale
+    importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
+    batch_size: int = 8  # examples per ZO step
+    max_length: int = 48  # tokens per example
+    trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
     dropout: float = 0.0  # probability that a selected client never replies in a round
     eval_every: int = 5  # rounds between held-out evaluations (the last round always)
     seed: int = 0  # data shuffle, partition, new-head init
     threads: int = 0  # torch threads; 0 = torch's default
-    engine: str = "inprocess"
-    out_dir: Path = Path("runs")
-    progress: bool = True
-    partition: partition.PartitionConfig = field(default_factory=partition.PartitionConfig)
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    engine: str = "inprocess"  # inprocess | flower (Flower's Simulation Engine, Ray)
+    out_dir: Path = Path("runs")  # parent of the run folder
+    progress: bool = True  # a progress bar on a terminal, a log line per round elsewhere
+    partition: partition.PartitionConfig = field(default_factory=partition.PartitionConfig)  # table, below
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)  # table, below
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # table, below
 
     def __post_init__(self) -> None:
         if self.model not in models.MODEL_NAMES:
@@ -328,6 +328,8 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
     for name in ("ledger.jsonl", "metrics.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
     key = setup.rounds.key
+    # Written first, so that a run that stops early can still be read back (fedseed status/export).
+    (run_dir / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(config)), indent=2) + "\n")
     base_hash = model_hash(setup.engine.model)
     loss_before, acc_before = evaluate(setup.task, setup.test_set)
     log.info("before: held-out loss %.4f, accuracy %.4f", loss_before, acc_before)
@@ -379,7 +381,8 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
             bytes_up, bytes_down = bytes_up + up, bytes_down + down
             row: dict[str, Any] = {
-                "round": r, "selected": chosen, "replied": [chosen[s] for s in replies],
+                "round": r, "start_hash": history[-1].start_hash,
+                "selected": chosen, "replied": [chosen[s] for s in replies],
                 "mean_score": _mean_known([scores[n] for n in chosen]), "entries": len(entries),
                 "client_steps": client_steps, "bytes_up": up, "bytes_down": down,
                 "bytes_total": bytes_up + bytes_down, "seconds": time.perf_counter() - round_started,
@@ -403,7 +406,12 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
         run_dir, model_hash(setup.engine.model), base_hash, config.rounds, client_steps, loss_before,
         acc_before, loss_after, acc_after, bytes_up, bytes_down, time.perf_counter() - started,
     )  # fmt: skip
-    summary = {"config": _jsonable(dataclasses.asdict(config)), **report.to_dict()}
+    model = setup.engine.model
+    summary = {
+        "config": _jsonable(dataclasses.asdict(config)), **report.to_dict(),
+        "trainable_params": setup.engine.trainable.numel,
+        "model_params": sum(p.numel() for p in model.parameters()),  # tied weights once
+    }  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report
 

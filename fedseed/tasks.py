@@ -27,6 +27,7 @@ Encoded = dict[str, torch.Tensor]
 
 class Task(Protocol):
     model: nn.Module
+    tokenizer: Any
 
     def encode(self, batch: Sequence[Example]) -> Encoded: ...
 

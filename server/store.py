@@ -111,6 +111,46 @@ class CoordinatorStore:
             raise StoreError(f"{self.path} is not a usable coordinator database: {exc}") from exc
         self._lock = threading.Lock()  # gRPC serves from a thread pool
 
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> CoordinatorStore:
+        """An existing database, read only (``fedseed status``/``export``): never creates or alters one."""
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"no coordinator database at {path}")
+        store = cls.__new__(cls)
+        store.path = str(path)
+        store._lock = threading.Lock()
+        try:
+            store._db = sqlite3.connect(
+                path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+            tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"run", "clients", "rounds", "replies"} <= tables:
+                raise StoreError(
+                    f"{path} is an SQLite database but not a coordinator's (tables: {sorted(tables)})"
+                )
+            problems = [r[0] for r in store._db.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+            if problems:
+                raise StoreError(f"{path} fails SQLite's integrity check: {'; '.join(problems[:3])}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a readable coordinator database: {exc}") from exc
+        return store
+
+    def participation(self) -> dict[int, tuple[int, int, int]]:
+        """client id -> (rounds selected, replies recorded, reply bytes)."""
+        selected: dict[int, int] = {}
+        for (slots,) in self._read("SELECT slot_clients FROM rounds"):
+            for client_id in json.loads(slots):
+                selected[int(client_id)] = selected.get(int(client_id), 0) + 1
+        replied = {
+            int(r[0]): (int(r[1]), int(r[2]))
+            for r in self._read(
+                "SELECT client_id, COUNT(*), SUM(LENGTH(scalars)) FROM replies GROUP BY client_id"
+            )
+        }
+        ids = sorted(set(selected) | set(replied))
+        return {i: (selected.get(i, 0), *replied.get(i, (0, 0))) for i in ids}
+
     def close(self) -> None:
         self._db.close()
 

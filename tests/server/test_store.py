@@ -92,3 +92,42 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a usable coordinator database"):
         CoordinatorStore(path)
+
+
+def _filled(path: Path) -> None:
+    s = CoordinatorStore(path)
+    s.init_run(MANIFEST, PARAMS)
+    ids = [s.upsert_client(f"client-{i}", 10 + i) for i in range(40)]
+    for r in range(30):
+        s.open_round(r, ids[:3], [10, 11, 12], deadline=1e12)
+        for slot in range(3):
+            s.record_reply(r, slot, ids[slot], bytes(range(3)) * 40, f"k{r}-{slot}", "sha256:base")
+        s.close_round(r)
+    s.close()
+
+
+def test_read_only_opening_never_creates_or_alters_a_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no coordinator database at"):
+        CoordinatorStore.open_readonly(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    path = tmp_path / "coordinator.db"
+    _filled(path)
+    before = path.read_bytes()
+    reader = CoordinatorStore.open_readonly(path)
+    assert reader.next_round() == 30 and len(reader.closed_rounds(-1, 100)) == 30
+    assert reader.participation()[1] == (30, 30, 30 * 120)
+    reader.close()
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_database_is_detected_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.db"
+    _filled(path)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[2 * page : 3 * page] = b"\xa5" * page  # one B-tree page overwritten (a torn or bad write)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=str(path)):
+        reader = CoordinatorStore.open_readonly(path)
+        reader.closed_rounds(-1, 100)
