@@ -85,11 +85,11 @@ def paced_count(num_samples: int, fraction: float, min_samples: int) -> int:
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    ordering: str = "vanilla"
-    scoring: str = "loss"
-    pacing: str = "linear"
-    a: float = 0.8  # the paper's default
-    b: float = 0.2
+    ordering: str = "vanilla"  # vanilla (no order) | curriculum (easy first) | anti (hard first) | random
+    scoring: str = "loss"  # difficulty: loss (under the current model) | length | loss+length
+    pacing: str = "linear"  # how the usable share grows: linear|quadratic|root|step|exponential|logarithmic
+    a: float = 0.8  # the paper's default: all data is in use after a share a of the rounds
+    b: float = 0.2  # the share in use at the start
     min_samples: int = 32  # the paper's floor: never fewer than this (or all, if fewer)
     rescore_every: int = 0  # rounds between loss re-scorings; 0 = score once
 

@@ -14,7 +14,7 @@ from fedseed.perturb.stream import STREAM_NAME
 class Manifest:
     stream: str  # perturbation stream, e.g. "philox4x32-10/rademacher/v1"
     base_model_hash: str  # fedseed.ledger.model_hash of the base model
-    task: str  # e.g. "vader-movies/label-word"
+    task: str  # model and data, e.g. "vader-movies/minilm-seqcls" (fedseed.tasks.TASK_IDS)
     trainable: tuple[str, ...]  # trainable tensor names, in order
 
     def mismatches(self, other: Manifest) -> list[str]:

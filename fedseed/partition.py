@@ -29,11 +29,11 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "domain")
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    scheme: str = "iid"
-    num_clients: int = 10
-    seed: int = 0
-    alpha: float = 0.1  # dirichlet
-    classes_per_client: int = 1  # pathological
+    scheme: str = "iid"  # iid | dirichlet | pathological | domain (the data's own domains)
+    num_clients: int = 10  # in a simulation config: set at the top level
+    seed: int = 0  # the split's draw
+    alpha: float = 0.1  # dirichlet: concentration (smaller: more label skew)
+    classes_per_client: int = 1  # pathological: labels per client
     min_size: int = 2  # dirichlet: refuse a split that would leave a client fewer samples
 
     def __post_init__(self) -> None:

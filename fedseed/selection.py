@@ -139,11 +139,11 @@ class Disparity:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    policy: str = "uniform"
+    policy: str = "uniform"  # uniform | power-of-choice (highest loss of d candidates) | disparity
     candidates: int = 0  # power-of-choice: d (0 = 2m)
-    pacing: str = "linear"  # disparity: how the eligible pool grows
-    a: float = 0.8
-    b: float = 0.2
+    pacing: str = "linear"  # disparity: how the eligible pool grows (curriculum pacing functions)
+    a: float = 0.8  # disparity: every client is eligible after a share a of the rounds
+    b: float = 0.2  # disparity: the share of clients eligible at the start (easiest first)
 
     def __post_init__(self) -> None:
         make_policy(self)  # validates

@@ -52,9 +52,9 @@ DEFAULT_LR = {"minilm": 1e-2, "smollm2": 1e-1}
 class TrainConfig:
     model: str = "smollm2"  # smollm2 | minilm
     domain: str = "movies"  # VADER domain
-    trainable: tuple[str, ...] = ()  # regexes over parameter names; () = the model's default
-    steps: int = 80
-    batch_size: int = 16
+    trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
+    steps: int = 80  # ZO steps (two forward passes each)
+    batch_size: int = 16  # examples per step
     max_length: int = 48  # tokens per example
     lr: float | None = None  # ZO-SGD learning rate; None = the model's default (full-model runs need ~1e-6)
     eps: float = 1e-3  # SPSA perturbation scale
@@ -62,9 +62,9 @@ class TrainConfig:
     codec: str = "none"  # none | log | int8: send g as one byte; everyone applies the decoded value
     distribution: str = "rademacher"  # rademacher | gaussian (gaussian is not bit-exact across devices)
     seed: int = 0  # data split, minibatch order and new-head init
-    run_name: str = "default"
-    out_dir: Path = field(default_factory=lambda: Path("runs"))
-    progress: bool = True
+    run_name: str = "default"  # names the run folder; seeds derive from it
+    out_dir: Path = field(default_factory=lambda: Path("runs"))  # parent of the run folder
+    progress: bool = True  # a progress bar on a terminal, ten log lines elsewhere
 
     def validate(self) -> None:
         if self.model not in models.MODEL_NAMES:

@@ -2,15 +2,12 @@
 
 The config is TOML (see ``deploy/configs/coordinator.toml``)::
 
-    [run]        name, pool_size, local_steps, lr, eps, importance, codec,
-                 rounds, clients_per_round, min_replies, min_clients, round_timeout_s
-    [selection]  policy ("uniform" | "power-of-choice" | "disparity"), candidates,
-                 pacing, a, b (see fedseed.selection; optional, default uniform)
-    [manifest]   stream, base_model_hash, task, trainable (what clients must match)
-    [server]     address ("127.0.0.1:50051"), database ("coordinator.db"), token_env,
-                 linger_s (how long to keep serving after the last round closes),
-                 tls_cert / tls_key (PEM files; plain gRPC without them),
-                 metrics_port / metrics_address (Prometheus text on /metrics)
+    [run]        RunSettings: the run's name and public parameters, round rules
+    [selection]  fedseed.selection.SelectionConfig (optional; default uniform)
+    [manifest]   fedseed.manifest.Manifest: what clients must match
+    [server]     ServerSettings: address, database, token, TLS, metrics
+
+Every key is documented in docs/config-reference.md (generated from these dataclasses).
 
 The token is read from the environment variable named by ``token_env`` (never
 from the file). A restarted coordinator on the same database continues the run.
@@ -19,6 +16,7 @@ from the file). A restarted coordinator on the same database continues the run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -26,8 +24,9 @@ import sys
 import threading
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.logs import configure
@@ -43,37 +42,93 @@ from .store import CoordinatorStore
 log = logging.getLogger("fedseed.server")
 
 
-def load_config(path: Path) -> tuple[CoordinatorConfig, dict[str, Any]]:
+@dataclass(frozen=True)
+class RunSettings:
+    """``[run]``: the run's public parameters and round rules (shared by every participant)."""
+
+    name: str  # the run's name; every seed and schedule derives from it, so it is public
+    pool_size: int = FedKSeedConfig.pool_size  # K candidate seeds in the pool
+    local_steps: int = FedKSeedConfig.local_steps  # ZO steps per selected client per round, one byte each
+    lr: float = FedKSeedConfig.lr  # ZO-SGD learning rate
+    eps: float = FedKSeedConfig.eps  # SPSA perturbation scale
+    importance: bool = FedKSeedConfig.importance  # FedKSeed-Pro: sample seeds by learned importance
+    codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
+    rounds: int = CoordinatorConfig.rounds  # the run ends after this many closed rounds
+    clients_per_round: int = CoordinatorConfig.clients_per_round  # clients selected per round
+    min_replies: int = CoordinatorConfig.min_replies  # a late round closes with at least this many
+    min_clients: int = CoordinatorConfig.min_clients  # a round opens once this many are active (0: per round)
+    round_timeout_s: float = CoordinatorConfig.round_timeout_s  # a round's deadline, from its opening
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: where and how this coordinator serves (not part of the run)."""
+
+    address: str = "127.0.0.1:50051"  # host:port for gRPC (0.0.0.0:50051 in a container)
+    database: str = "coordinator.db"  # the SQLite state; a restart on the same file continues the run
+    token_env: str = "FEDSEED_TOKEN"  # environment variable holding the clients' bearer token
+    linger_s: float = 5.0  # seconds to keep serving after the last round closes (clients fetch it)
+    tls_cert: str = ""  # PEM certificate; with tls_key, gRPC over TLS (clients pass --tls-ca)
+    tls_key: str = ""  # PEM private key of tls_cert
+    metrics_port: int = 0  # Prometheus text on http://metrics_address:metrics_port/metrics; 0 = off
+    metrics_address: str = "127.0.0.1"  # interface of the metrics endpoint
+
+
+T = TypeVar("T")
+
+
+def table(cls: type[T], raw: Any, where: str) -> T:
+    """A dataclass from one TOML table: unknown keys and missing settings are named."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing setting {missing[0]!r}")
+    return cls(**raw)
+
+
+def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"no config file at {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    try:
-        run, manifest_raw, server = raw["run"], raw["manifest"], raw.get("server", {})
-        fedkseed = FedKSeedConfig(
-            pool_size=run["pool_size"], local_steps=run["local_steps"], lr=run["lr"], eps=run["eps"],
-            importance=run.get("importance", False),
-        )  # fmt: skip
-        manifest = Manifest(
-            manifest_raw["stream"], manifest_raw["base_model_hash"], manifest_raw["task"],
-            tuple(manifest_raw["trainable"]),
-        )  # fmt: skip
-        config = CoordinatorConfig(
-            params=RunParams(run["name"], fedkseed, run.get("codec", "log")),
-            manifest=manifest,
-            clients_per_round=run.get("clients_per_round", 3),
-            min_replies=run.get("min_replies", 1),
-            round_timeout_s=run.get("round_timeout_s", 120.0),
-            rounds=run.get("rounds", 10),
-            min_clients=run.get("min_clients", 0),
-            selection=SelectionConfig(**raw.get("selection", {})),
+    unknown = sorted(set(raw) - {"run", "manifest", "selection", "server"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {', '.join(unknown)}; valid: run, manifest, selection, server"
         )
-    except TypeError as exc:  # an unknown key in [selection]
-        raise ConfigError(f"{path}: [selection]: {exc}") from exc
-    except KeyError as exc:
-        raise ConfigError(f"{path}: missing setting {exc}") from exc
+    for name in ("run", "manifest"):
+        if name not in raw:
+            raise ConfigError(f"{path}: missing table [{name}]")
+    run = table(RunSettings, raw["run"], f"{path}: [run]")
+    manifest_raw = dict(raw["manifest"])
+    if isinstance(manifest_raw.get("trainable"), list):
+        manifest_raw["trainable"] = tuple(manifest_raw["trainable"])
+    manifest = table(Manifest, manifest_raw, f"{path}: [manifest]")
+    fedkseed = FedKSeedConfig(run.pool_size, run.local_steps, run.lr, run.eps, run.importance)
+    config = CoordinatorConfig(
+        params=RunParams(run.name, fedkseed, run.codec),
+        manifest=manifest,
+        clients_per_round=run.clients_per_round,
+        min_replies=run.min_replies,
+        round_timeout_s=run.round_timeout_s,
+        rounds=run.rounds,
+        min_clients=run.min_clients,
+        selection=table(SelectionConfig, raw.get("selection", {}), f"{path}: [selection]"),
+    )
+    server = table(ServerSettings, raw.get("server", {}), f"{path}: [server]")
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError(f"{path}: [server] needs both tls_cert and tls_key, or neither")
     return config, server
 
 
@@ -86,30 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure("coordinator", json_lines=args.log_json)
     try:
-        config, server_settings = load_config(args.config)
-        token_env = server_settings.get("token_env", "FEDSEED_TOKEN")
-        token = os.environ.get(token_env)
+        config, settings = load_config(args.config)
+        token = os.environ.get(settings.token_env)
         if not token:
-            raise ConfigError(f"set the client token in ${token_env} (clients send it as a bearer token)")
-        store = CoordinatorStore(args.database or server_settings.get("database", "coordinator.db"))
+            raise ConfigError(
+                f"set the client token in ${settings.token_env} (clients send it as a bearer token)"
+            )
+        store = CoordinatorStore(args.database or settings.database)
         coordinator = Coordinator(store, config)
-        address = args.address or server_settings.get("address", "127.0.0.1:50051")
+        address = args.address or settings.address
         tls = None
-        if "tls_cert" in server_settings or "tls_key" in server_settings:
-            tls = (
-                Path(server_settings["tls_cert"]).read_bytes(),
-                Path(server_settings["tls_key"]).read_bytes(),
-            )
+        if settings.tls_cert:
+            tls = (Path(settings.tls_cert).read_bytes(), Path(settings.tls_key).read_bytes())
         server, port, health = create_server(coordinator, address=address, token=token, tls=tls)
-        if "metrics_port" in server_settings:
-            coordinator.metrics.serve(
-                int(server_settings["metrics_port"]), server_settings.get("metrics_address", "127.0.0.1")
-            )
-    except KeyError as exc:
-        print(
-            f"error: {args.config}: [server] needs both tls_cert and tls_key (missing {exc})", file=sys.stderr
-        )
-        return 2
+        if settings.metrics_port:
+            coordinator.metrics.serve(settings.metrics_port, settings.metrics_address)
     except (FedseedError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    linger_s = float(server_settings.get("linger_s", 5.0))
+    linger_s = settings.linger_s
     while not stop.wait(0.5):
         if coordinator.finished():
             stop.wait(linger_s)  # let clients fetch the last round before going away

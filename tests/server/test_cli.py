@@ -24,7 +24,7 @@ def test_the_example_config_matches_the_model_clients_build(minilm: Any) -> None
     base, _ = minilm
     trainable = TrainableSet.from_model(base, include=["LayerNorm", r"^classifier\."])
     assert config.manifest == build_manifest(base, trainable.names, "vader-movies/minilm-seqcls")
-    assert server["token_env"] == "FEDSEED_TOKEN"
+    assert server.token_env == "FEDSEED_TOKEN"
 
 
 def _coordinator(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -47,8 +47,23 @@ def test_coordinator_mistakes_are_one_clear_line(args: list[str], env: dict[str,
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_config_missing_a_setting_names_it(tmp_path: Path) -> None:
+MANIFEST = '[manifest]\nstream = "s"\nbase_model_hash = "h"\ntask = "t"\ntrainable = ["w"]\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[run]\nname = "x"\n[manifest]\n', "[manifest]: missing setting 'stream'"),
+        ("[run]\npool_size = 8\n[manifest]\n", "[run]: missing setting 'name'"),
+        ("[manifest]\n", "missing table [run]"),
+        ('[run]\nname = "x"\npool = 8\n[manifest]\n', "[run]: unknown setting(s) pool; valid: name, pool"),
+        ('[run]\nname = "x"\n' + MANIFEST + "[server]\nport = 1\n", "[server]: unknown setting(s) port"),
+        ("[rnu]\n", "unknown table(s) rnu"),
+        ('[run]\nname = "x"\n' + MANIFEST + '[selection]\npolicy = "best"\n', "unknown selection policy"),
+    ],
+)
+def test_config_mistakes_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[run]\nname = "x"\n[manifest]\n')
+    bad.write_text(text)
     proc = _coordinator(["--config", str(bad)], {"FEDSEED_TOKEN": "t"})
-    assert proc.returncode == 2 and "missing setting 'pool_size'" in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
