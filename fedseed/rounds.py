@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import decimal
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +61,10 @@ def _exp_table() -> tuple[int, ...]:
 EXP_TABLE = _exp_table()
 
 
+AGGREGATORS = ("mean", "median", "trimmed-mean")
+CLIP_WINDOW = 5  # rounds (this one and the 4 before) whose |ĝ| set the clipping bound
+
+
 @dataclass(frozen=True)
 class FedKSeedConfig:
     pool_size: int = 4096  # K candidate seeds (FedKSeed's default)
@@ -67,6 +72,13 @@ class FedKSeedConfig:
     lr: float = 3e-7  # the FedKSeed README's runs
     eps: float = 5e-4
     importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
+    # Robustness (fedseed.rounds.FedKSeedRounds.aggregate). Every participant derives the same
+    # bound, scores and rejections from the round's bytes, so replicas stay identical.
+    clip_factor: float = 8.0  # |ĝ| is clipped to factor x median |ĝ| of recent rounds; 0 = off
+    replicas: int = 1  # clients per seed schedule: r > 1 lets a per-seed median/trimmed mean vote
+    aggregator: str = "mean"  # how the r values of one (schedule, step) combine: mean|median|trimmed-mean
+    trim: float = 0.25  # trimmed-mean: share of values dropped at each end
+    reject_anomaly: float = 0.0  # drop a client's round when its anomaly score exceeds this; 0 = keep all
 
     def __post_init__(self) -> None:
         if not 1 <= self.pool_size <= 1 << 20:
@@ -75,6 +87,45 @@ class FedKSeedConfig:
             raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
         if not (self.lr > 0 and self.eps > 0):
             raise ConfigError("lr and eps must be positive")
+        if not (self.clip_factor >= 0 and math.isfinite(self.clip_factor)):
+            raise ConfigError(f"clip_factor must be >= 0 (0 = off), got {self.clip_factor}")
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be >= 1, got {self.replicas}")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(
+                f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}"
+            )
+        if not 0 <= self.trim < 0.5:
+            raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
+        if not (self.reject_anomaly >= 0 and math.isfinite(self.reject_anomaly)):
+            raise ConfigError(f"reject_anomaly must be >= 0 (0 = off), got {self.reject_anomaly}")
+
+
+def combine(values: Sequence[float], aggregator: str, trim: float) -> float:
+    """One (schedule, step)'s value from its replicas' decoded scalars (exact, order-independent)."""
+    if len(values) == 1 or aggregator == "mean":
+        return math.fsum(values) / len(values)
+    ordered = sorted(values)
+    k = math.floor(trim * len(ordered)) if aggregator == "trimmed-mean" else 0
+    if aggregator == "median" or len(ordered) - 2 * k < 1:
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    kept = ordered[k : len(ordered) - k]
+    return math.fsum(kept) / len(kept)
+
+
+def _median(values: Sequence[float]) -> float:
+    return combine(values, "median", 0.0) if values else 0.0
+
+
+@dataclass
+class RoundDiagnostics:
+    """What aggregation saw in one round: for logs, metrics and rejection policies."""
+
+    clip_bound: float  # inf when clipping is off or there is no history
+    clipped: dict[int, int]  # slot -> values clipped
+    anomaly: dict[int, float]  # slot -> anomaly score (see FedKSeedRounds.aggregate)
+    rejected: tuple[int, ...]  # slots left out of the round's step
 
 
 @dataclass
@@ -163,6 +214,8 @@ class FedKSeedRounds:
         self.codec = codec
         self.seeds = pool_seeds(key, config.pool_size)
         self.importance = Importance(config.pool_size)
+        self.recent_magnitudes: deque[list[float]] = deque(maxlen=CLIP_WINDOW - 1)  # earlier rounds' |ĝ|
+        self.last = RoundDiagnostics(math.inf, {}, {}, ())
 
     def weights(self) -> list[int]:
         return self.importance.weights() if self.config.importance else [1] * self.config.pool_size
@@ -171,41 +224,92 @@ class FedKSeedRounds:
         if not sample_counts or any(n < 1 for n in sample_counts):
             raise ConfigError("every selected client needs at least one sample")
         weights = self.weights()
-        schedules = tuple(
-            tuple(schedule(self.key, round_index, slot, self.config.local_steps, weights))
-            for slot in range(len(sample_counts))
-        )
+        # Slots in groups of `replicas` share one schedule (group = slot // replicas).
+        groups = {
+            group: tuple(schedule(self.key, round_index, group, self.config.local_steps, weights))
+            for group in range((len(sample_counts) - 1) // self.config.replicas + 1)
+        }
+        schedules = tuple(groups[slot // self.config.replicas] for slot in range(len(sample_counts)))
         return RoundPlan(round_index, schedules, tuple(sample_counts))
 
     def aggregate(self, plan: RoundPlan, replies: Mapping[int, bytes]) -> list[LedgerEntry]:
         """The round's ledger step from the slots that replied (stragglers simply absent).
 
-        Also records the decoded scalars in the importance history, in (slot, step) order.
+        1. Decode every byte; clip |ĝ| to ``clip_factor`` x the median nonzero |ĝ| of this
+           round and the previous ones in the window (a bound the honest majority sets).
+        2. Score each slot: with replicas, the mean distance of its values from its group's
+           per-step median, over the round's median such distance (about 1 for an honest
+           client; a sign-flipper or noise scores far higher); without, the share of its
+           values that were clipped. Slots scoring above ``reject_anomaly`` are left out.
+        3. Per group and step, combine the members' values (mean, median or trimmed mean);
+           weight each group by its members' share of the samples; one entry per pool seed,
+           summed in (group, step) order. Pro's importance history records the combined values.
         """
+        config = self.config
         for slot, payload in replies.items():
             if not 0 <= slot < len(plan.schedules):
                 raise ValueError(f"no slot {slot} in round {plan.round_index}")
-            if len(payload) != self.config.local_steps:
+            if len(payload) != config.local_steps:
                 raise ValueError(
                     f"slot {slot} sent {len(payload)} bytes, round {plan.round_index} needs "
-                    f"{self.config.local_steps}"
+                    f"{config.local_steps}"
                 )
         slots = sorted(replies)
-        total_samples = sum(plan.sample_counts[s] for s in slots)
-        totals: dict[int, float] = {}
+        decoded = {slot: [self.codec.decode(b) for b in replies[slot]] for slot in slots}
+        magnitudes = [abs(g) for slot in slots for g in decoded[slot] if g != 0.0]
+        bound = math.inf
+        if config.clip_factor > 0:
+            window = [m for earlier in self.recent_magnitudes for m in earlier] + magnitudes
+            if window:
+                bound = config.clip_factor * _median(window)
+        self.recent_magnitudes.append(magnitudes)
+        values = {slot: [max(-bound, min(bound, g)) for g in decoded[slot]] for slot in slots}
+        clipped = {slot: sum(abs(g) > bound for g in decoded[slot]) for slot in slots}
+        groups: dict[int, list[int]] = {}
         for slot in slots:
-            share = plan.sample_counts[slot] / total_samples
-            for pool_index, byte in zip(plan.schedules[slot], replies[slot], strict=True):
-                g = self.codec.decode(byte)
-                totals[pool_index] = totals.get(pool_index, 0.0) + share * g
-                self.importance.record(pool_index, g)
+            groups.setdefault(slot // config.replicas, []).append(slot)
+        anomaly = self._anomaly(groups, values, clipped)
+        rejected = tuple(s for s in slots if config.reject_anomaly > 0 and anomaly[s] > config.reject_anomaly)
+        self.last = RoundDiagnostics(bound, clipped, anomaly, rejected)
+        kept = {g: [s for s in members if s not in rejected] for g, members in groups.items()}
+        total_samples = sum(plan.sample_counts[s] for members in kept.values() for s in members)
+        totals: dict[int, float] = {}
+        for group in sorted(kept):
+            members = kept[group]
+            if not members:
+                continue
+            share = sum(plan.sample_counts[s] for s in members) / total_samples
+            for step, pool_index in enumerate(plan.schedules[members[0]]):
+                value = combine([values[s][step] for s in members], config.aggregator, config.trim)
+                totals[pool_index] = totals.get(pool_index, 0.0) + share * value
+                self.importance.record(pool_index, value)
         return [
-            LedgerEntry.make(
-                plan.round_index, 0, self.seeds[j], float(np.float32(-self.config.lr * totals[j]))
-            )
+            LedgerEntry.make(plan.round_index, 0, self.seeds[j], float(np.float32(-config.lr * totals[j])))
             for j in sorted(totals)
             if totals[j] != 0.0
         ]
+
+    def _anomaly(
+        self, groups: Mapping[int, list[int]], values: Mapping[int, list[float]], clipped: Mapping[int, int]
+    ) -> dict[int, float]:
+        steps = self.config.local_steps
+        distances: dict[int, list[float]] = {}
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            for step in range(steps):
+                center = _median([values[s][step] for s in members])
+                for s in members:
+                    distances.setdefault(s, []).append(abs(values[s][step] - center))
+        scale = _median([d for ds in distances.values() for d in ds])
+        scores = {}
+        for members in groups.values():
+            for s in members:
+                if s in distances:
+                    scores[s] = math.fsum(distances[s]) / steps / scale if scale > 0 else 0.0
+                else:
+                    scores[s] = clipped[s] / steps
+        return scores
 
 
 def run_local_round(

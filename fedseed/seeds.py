@@ -23,6 +23,7 @@ PURPOSE_SCHEDULE = 3  # (PURPOSE_SCHEDULE, round, slot, step) -> draw of the poo
 PURPOSE_SELECTION = 4  # (PURPOSE_SELECTION, round, pick) -> draw of the client in slot `pick`
 PURPOSE_DATA = 5  # (PURPOSE_DATA, crc32(client name)) -> a client's data-order seed
 PURPOSE_DROPOUT = 6  # (PURPOSE_DROPOUT, round, slot) -> the simulator's dropout draw
+PURPOSE_ATTACK = 7  # (PURPOSE_ATTACK, round, slot, step) -> a simulated Byzantine client's random byte
 
 
 def run_key(run_name: str) -> bytes:

@@ -40,7 +40,8 @@ def run_params_to_proto(params: RunParams) -> pb.RunParams:
     c = params.config
     return pb.RunParams(
         run_name=params.run_name, pool_size=c.pool_size, local_steps=c.local_steps,
-        lr=c.lr, eps=c.eps, importance=c.importance, codec=params.codec,
+        lr=c.lr, eps=c.eps, importance=c.importance, codec=params.codec, clip_factor=c.clip_factor,
+        replicas=c.replicas, aggregator=c.aggregator, trim=c.trim, reject_anomaly=c.reject_anomaly,
     )  # fmt: skip
 
 
@@ -48,7 +49,9 @@ def run_params_from_proto(message: pb.RunParams) -> RunParams:
     """Raises fedseed.errors.ConfigError for values no run could use."""
     config = FedKSeedConfig(
         pool_size=message.pool_size, local_steps=message.local_steps, lr=message.lr,
-        eps=message.eps, importance=message.importance,
+        eps=message.eps, importance=message.importance, clip_factor=message.clip_factor,
+        replicas=message.replicas or 1, aggregator=message.aggregator or "mean", trim=message.trim,
+        reject_anomaly=message.reject_anomaly,
     )  # fmt: skip
     return RunParams(message.run_name, config, message.codec)
 

@@ -42,7 +42,7 @@ from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, model_hash
 from fedseed.local import LocalClient, RoundResult
 from fedseed.rounds import ClosedRound, FedKSeedConfig, FedKSeedRounds
-from fedseed.seeds import PURPOSE_DROPOUT, derive_seed, run_key
+from fedseed.seeds import PURPOSE_ATTACK, PURPOSE_DROPOUT, derive_seed, run_key
 from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.train import DEFAULT_TRAINABLE
 from fedseed.zo import TrainableSet, ZOEngine
@@ -50,6 +50,24 @@ from fedseed.zo import TrainableSet, ZOEngine
 log = logging.getLogger(__name__)
 
 ENGINES = ("inprocess", "flower")
+ATTACKS = ("sign-flip", "max", "random")
+
+
+def attacked(payload: bytes, attack: str, key: bytes, round_index: int, slot: int) -> bytes:
+    """What a Byzantine client sends instead of its honest bytes (simulation experiments).
+
+    sign-flip: every nonzero byte with its sign bit toggled; max: the largest magnitude the
+    codec carries, with the honest sign; random: derived uniform bytes. (NaN or infinity
+    cannot be sent at all: every byte decodes to a finite value.)
+    """
+    if attack == "sign-flip":
+        return bytes(b ^ 0x80 if b else 0 for b in payload)
+    if attack == "max":
+        return bytes((b & 0x80) | 0x7F for b in payload)
+    draws = (derive_seed(key, PURPOSE_ATTACK, round_index, slot, step) for step in range(len(payload)))
+    return bytes(d & 0xFF for d in draws)
+
+
 # Bytes per round besides the scalars, as measured on the gRPC wire (bench/wire_bytes.py):
 # a task message down and a submit envelope up; sync carries the other clients' bytes.
 TASK_OVERHEAD_B = 40
@@ -71,6 +89,13 @@ class SimulationConfig:
     lr: float = 0.1  # ZO-SGD learning rate
     eps: float = 1e-3  # SPSA perturbation scale
     importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
+    clip_factor: float = FedKSeedConfig.clip_factor  # clip |g| to this x median |g| of recent rounds; 0 = off
+    replicas: int = FedKSeedConfig.replicas  # clients per seed schedule (> 1: robust per-seed vote)
+    aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
+    trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
+    reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
+    byzantine: int = 0  # clients 0..byzantine-1 attack (an experiment knob, never on in a real run)
+    attack: str = "sign-flip"  # what a Byzantine client sends: sign-flip | max | random
     batch_size: int = 8  # examples per ZO step
     max_length: int = 48  # tokens per example
     trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
@@ -109,11 +134,18 @@ class SimulationConfig:
             object.__setattr__(
                 self, "partition", dataclasses.replace(self.partition, num_clients=self.num_clients)
             )
-        FedKSeedConfig(self.pool_size, self.local_steps, self.lr, self.eps, self.importance)  # validates
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
+        if not 0 <= self.byzantine <= self.num_clients:
+            raise ConfigError(f"byzantine must be in [0, num_clients], got {self.byzantine}")
+        self.fedkseed  # noqa: B018  (validates)
 
     @property
     def fedkseed(self) -> FedKSeedConfig:
-        return FedKSeedConfig(self.pool_size, self.local_steps, self.lr, self.eps, self.importance)
+        return FedKSeedConfig(
+            self.pool_size, self.local_steps, self.lr, self.eps, self.importance,
+            self.clip_factor, self.replicas, self.aggregator, self.trim, self.reject_anomaly,
+        )  # fmt: skip
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> SimulationConfig:
@@ -358,6 +390,10 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             }
             results = transport.train(r, live, counts, history)
             replies = {slot: results[slot].scalars for slot in sorted(results)}
+            byzantine = {client_name(i) for i in range(config.byzantine)}
+            for slot in replies:
+                if chosen[slot] in byzantine:
+                    replies[slot] = attacked(replies[slot], config.attack, key, r, slot)
             for slot, result in results.items():
                 if np.isfinite(result.score):
                     scores[chosen[slot]] = result.score
@@ -372,6 +408,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
                 )
             )
             entries = setup.rounds.aggregate(plan, replies)
+            diagnostics = setup.rounds.last
             if entries:
                 setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
             for e in entries:
@@ -386,6 +423,10 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
                 "mean_score": _mean_known([scores[n] for n in chosen]), "entries": len(entries),
                 "client_steps": client_steps, "bytes_up": up, "bytes_down": down,
                 "bytes_total": bytes_up + bytes_down, "seconds": time.perf_counter() - round_started,
+                "clip_bound": diagnostics.clip_bound if np.isfinite(diagnostics.clip_bound) else None,
+                "clipped": sum(diagnostics.clipped.values()),
+                "anomaly": {chosen[s]: round(v, 4) for s, v in diagnostics.anomaly.items()},
+                "rejected": [chosen[s] for s in diagnostics.rejected],
             }  # fmt: skip
             if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
                 loss_after, acc_after = evaluate(setup.task, setup.test_set)

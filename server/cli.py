@@ -52,6 +52,11 @@ class RunSettings:
     lr: float = FedKSeedConfig.lr  # ZO-SGD learning rate
     eps: float = FedKSeedConfig.eps  # SPSA perturbation scale
     importance: bool = FedKSeedConfig.importance  # FedKSeed-Pro: sample seeds by learned importance
+    clip_factor: float = FedKSeedConfig.clip_factor  # clip |g| to this x median |g| of recent rounds; 0 = off
+    replicas: int = FedKSeedConfig.replicas  # clients per seed schedule (> 1: robust per-seed vote)
+    aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
+    trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
+    reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
     codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
     rounds: int = CoordinatorConfig.rounds  # the run ends after this many closed rounds
     clients_per_round: int = CoordinatorConfig.clients_per_round  # clients selected per round
@@ -115,7 +120,10 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     if isinstance(manifest_raw.get("trainable"), list):
         manifest_raw["trainable"] = tuple(manifest_raw["trainable"])
     manifest = table(Manifest, manifest_raw, f"{path}: [manifest]")
-    fedkseed = FedKSeedConfig(run.pool_size, run.local_steps, run.lr, run.eps, run.importance)
+    fedkseed = FedKSeedConfig(
+        run.pool_size, run.local_steps, run.lr, run.eps, run.importance,
+        run.clip_factor, run.replicas, run.aggregator, run.trim, run.reject_anomaly,
+    )  # fmt: skip
     config = CoordinatorConfig(
         params=RunParams(run.name, fedkseed, run.codec),
         manifest=manifest,

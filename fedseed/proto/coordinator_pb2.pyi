@@ -75,6 +75,11 @@ class RunParams(_message.Message):
     EPS_FIELD_NUMBER: _builtins.int
     IMPORTANCE_FIELD_NUMBER: _builtins.int
     CODEC_FIELD_NUMBER: _builtins.int
+    CLIP_FACTOR_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
+    TRIM_FIELD_NUMBER: _builtins.int
+    REJECT_ANOMALY_FIELD_NUMBER: _builtins.int
     run_name: _builtins.str
     pool_size: _builtins.int
     local_steps: _builtins.int
@@ -85,6 +90,18 @@ class RunParams(_message.Message):
     """FedKSeed-Pro"""
     codec: _builtins.str
     """"log" (sign + 7-bit log magnitude)"""
+    clip_factor: _builtins.float
+    """Robust aggregation (fedseed.rounds.FedKSeedConfig); every participant applies the same rules.
+    clip |g| to this x the median |g| of recent rounds; 0 = off
+    """
+    replicas: _builtins.int
+    """clients per seed schedule (0 is read as 1)"""
+    aggregator: _builtins.str
+    """"mean" | "median" | "trimmed-mean" ("" is read as "mean")"""
+    trim: _builtins.float
+    """trimmed-mean: share dropped at each end"""
+    reject_anomaly: _builtins.float
+    """leave out a reply whose anomaly score exceeds this; 0 = keep all"""
     def __init__(
         self,
         *,
@@ -95,10 +112,15 @@ class RunParams(_message.Message):
         eps: _builtins.float = ...,
         importance: _builtins.bool = ...,
         codec: _builtins.str = ...,
+        clip_factor: _builtins.float = ...,
+        replicas: _builtins.int = ...,
+        aggregator: _builtins.str = ...,
+        trim: _builtins.float = ...,
+        reject_anomaly: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec", "eps", b"eps", "importance", b"importance", "local_steps", b"local_steps", "lr", b"lr", "pool_size", b"pool_size", "run_name", b"run_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "clip_factor", b"clip_factor", "codec", b"codec", "eps", b"eps", "importance", b"importance", "local_steps", b"local_steps", "lr", b"lr", "pool_size", b"pool_size", "reject_anomaly", b"reject_anomaly", "replicas", b"replicas", "run_name", b"run_name", "trim", b"trim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
