@@ -75,7 +75,8 @@ class LogCodec:
         magnitude = abs(g)
         if magnitude < self.g_min / math.exp(self._step / 2):
             return 0
-        level = round(math.log(max(magnitude, self.g_min) / self.g_min) / self._step)
+        # Clamped first: g / g_min overflows to inf for |g| near the float64 maximum (found by fuzzing).
+        level = round(math.log(min(max(magnitude, self.g_min), self.g_max) / self.g_min) / self._step)
         return _join(g < 0, 1 + min(level, MAX_CODE - 1))
 
     def decode(self, byte: int) -> float:

@@ -9,6 +9,7 @@ token UNAUTHENTICATED (in :class:`TokenAuth`, before any handler runs).
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,9 @@ from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 
 from .coordinator import Coordinator, InvalidSubmission, ManifestMismatch, UnknownClient
-from .store import ReplyOutcome
+from .store import ReplyOutcome, StoreError
+
+log = logging.getLogger(__name__)
 
 MAX_WAIT_MS = 30_000  # a long-poll never holds a worker thread longer than this
 _OUTCOMES = {
@@ -41,6 +44,9 @@ def _abort_on_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except UnknownClient as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreError as exc:  # e.g. disk full: nothing was recorded, the client retries later
+            log.error("%s", exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     return wrapper
 

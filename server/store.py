@@ -14,6 +14,8 @@ import enum
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,16 +156,32 @@ class CoordinatorStore:
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One IMMEDIATE transaction under the lock: committed, or rolled back with nothing changed.
+
+        A failing write (disk full, read-only file, I/O error) surfaces as StoreError.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return cursor
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise self._write_failed(exc) from exc
+
+    def _write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        with self._transaction():
+            return self._db.execute(sql, args)
+
+    def _write_failed(self, exc: sqlite3.OperationalError) -> StoreError:
+        """Disk full, read-only file, I/O error: the transaction rolled back, nothing changed."""
+        return StoreError(f"{self.path}: write failed ({exc}); nothing was recorded")
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -264,16 +282,10 @@ class CoordinatorStore:
         score: float | None = None,
     ) -> ReplyOutcome:  # fmt: skip
         """Record a reply (and the client's new score with it, in the same transaction)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                outcome = self._record_reply_locked(round_index, slot, client_id, scalars, key, start_hash)
-                if outcome is ReplyOutcome.ACCEPTED and score is not None:
-                    self._db.execute("UPDATE clients SET score = ? WHERE client_id = ?", (score, client_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            outcome = self._record_reply_locked(round_index, slot, client_id, scalars, key, start_hash)
+            if outcome is ReplyOutcome.ACCEPTED and score is not None:
+                self._db.execute("UPDATE clients SET score = ? WHERE client_id = ?", (score, client_id))
         return outcome
 
     def _record_reply_locked(

@@ -1,0 +1,82 @@
+"""The disk fills up under the coordinator: a clear error, nothing half-written, and the run
+continues once there is room again. (SQLite's per-connection page limit stands in for a full
+disk: the same SQLITE_FULL error, without filling a real file system.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fedseed.manifest import Manifest
+from fedseed.proto import coordinator_pb2 as pb
+from fedseed.proto import coordinator_pb2_grpc as pb_grpc
+from fedseed.rounds import FedKSeedConfig
+from fedseed.serde import RunParams, manifest_to_proto
+from fedseed.server.app import create_server, stop_gracefully
+from fedseed.server.coordinator import Coordinator, CoordinatorConfig
+from fedseed.server.store import CoordinatorStore, ReplyOutcome, StoreError
+
+MANIFEST = Manifest("philox4x32-10/rademacher/v1", "sha256:" + "0" * 64, "disk", ("w",))
+TOKEN = [("authorization", "Bearer t")]
+
+
+STEPS = 20_000  # a reply this size needs new database pages
+
+
+def _fill(store: CoordinatorStore) -> None:
+    """No new page from now on: the next write that needs one fails as on a full disk."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _make_room(store: CoordinatorStore) -> None:
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_a_full_disk_fails_the_write_cleanly(tmp_path: Path) -> None:
+    store = CoordinatorStore(tmp_path / "c.db")
+    store.init_run(MANIFEST, RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
+    alice = store.upsert_client("alice", 10)
+    store.open_round(0, [alice], [10], deadline=1e12)
+    _fill(store)
+    with pytest.raises(StoreError, match=r"write failed .*full.*nothing was recorded"):
+        store.record_reply(0, 0, alice, b"\x01" * STEPS, "k", "sha256:x")
+    assert store.replies(0) == {}
+    _make_room(store)
+    assert store.record_reply(0, 0, alice, b"\x01" * STEPS, "k", "sha256:x") is ReplyOutcome.ACCEPTED
+    assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_submit_on_a_full_disk_is_unavailable_and_succeeds_on_retry(tmp_path: Path) -> None:
+    params = RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=STEPS, lr=0.1, eps=0.1))
+    config = CoordinatorConfig(params, MANIFEST, clients_per_round=1, rounds=2)
+    coordinator = Coordinator(CoordinatorStore(tmp_path / "c.db"), config)
+    server, port, health = create_server(coordinator, token="t")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            joined = stub.Join(
+                pb.JoinRequest(manifest=manifest_to_proto(MANIFEST), num_samples=10, client_name="alice"),
+                metadata=TOKEN, timeout=5,
+            )  # fmt: skip
+            task = stub.GetTask(
+                pb.TaskRequest(client_id=joined.client_id, wait_ms=2000), metadata=TOKEN, timeout=5
+            )
+            assert task.WhichOneof("kind") == "task"
+            submit = pb.SubmitRequest(
+                client_id=joined.client_id, round=task.task.round, slot=task.task.slot,
+                scalars=b"\x01" * STEPS, idempotency_key="k1", start_hash="sha256:h",
+            )  # fmt: skip
+            _fill(coordinator.store)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Submit(submit, metadata=TOKEN, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # clients retry these with backoff
+            assert "nothing was recorded" in info.value.details()
+            assert coordinator.store.replies(0) == {}
+            _make_room(coordinator.store)
+            assert stub.Submit(submit, metadata=TOKEN, timeout=5).outcome == pb.SubmitReply.ACCEPTED
+    finally:
+        stop_gracefully(server, health, grace_s=0.5)
