@@ -81,14 +81,20 @@ class LocalClient:
             self._curriculum.rescore(scores, round_index)
         return self._curriculum.available(round_index / max(1, self.total_rounds))
 
-    def loss_for(self, round_index: int, slot: int) -> Callable[[int], Callable[[], torch.Tensor]]:
-        """Minibatches for (round, slot): deterministic, so every mode sends the same bytes."""
+    def loss_for(
+        self, round_index: int, slot: int, per_example: bool = False
+    ) -> Callable[[int], Callable[[], torch.Tensor]]:
+        """Minibatches for (round, slot): deterministic, so every mode sends the same bytes.
+
+        ``per_example``: each step's callable gives every example's loss (for DP), not the mean."""
         in_use = self._indices_in_use(round_index)
         rng = np.random.Generator(np.random.PCG64([round_index, slot, len(self.shard)]))
 
         def for_step(step: int) -> Callable[[], torch.Tensor]:
             picks = in_use[rng.choice(len(in_use), min(self.batch_size, len(in_use)), replace=False)]
             encoded = self.task.encode([self.shard[i] for i in picks])
+            if per_example:
+                return lambda: tasks.per_example_losses(self.task, encoded)
             return lambda: tasks.loss(self.task, encoded)
 
         return for_step
@@ -104,7 +110,12 @@ class LocalClient:
         losses: list[float] = []
         try:
             payload = run_local_round(
-                self.engine, self.rounds, plan, slot, self.loss_for(round_index, slot), losses
+                self.engine,
+                self.rounds,
+                plan,
+                slot,
+                self.loss_for(round_index, slot, per_example=self.rounds.config.dp_clip > 0),
+                losses,
             )
         finally:
             self.engine.restore(start)

@@ -51,7 +51,7 @@ def status(record: RunRecord) -> dict[str, Any]:
                 "round": evaluated[-1]["round"], "test_loss": evaluated[-1]["test_loss"],
                 "test_accuracy": evaluated[-1]["test_accuracy"],
             }  # fmt: skip
-        for key in ("loss_before", "accuracy_before", "final_hash"):
+        for key in ("loss_before", "accuracy_before", "final_hash", "privacy"):
             if key in summary:
                 out[key] = summary[key]
     return out
@@ -100,6 +100,13 @@ def status_text(s: dict[str, Any]) -> str:
         scores = {n: v for n, v in s["scores"].items() if v is not None}
         if scores:
             lines.append("latest scores: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(scores.items())))
+    if "privacy" in s:
+        p = s["privacy"]
+        lines.append(
+            f"privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g} for the most exposed client "
+            f"({p['worst_client']}, {p['steps_of_worst_client']} steps; clip {p['dp_clip']:g}, "
+            f"noise multiplier {p['dp_noise']:g})"
+        )
     lines.append(f"ledger: {s['ledger_entries']} entries; base model {s['base_hash']}")
     if s["latest_hash"]:
         lines.append(f"model after round {s['latest_hash_after_round']}: {s['latest_hash']}")

@@ -38,6 +38,7 @@ from fedseed.codec import Codec, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import LedgerEntry
 from fedseed.perturb.stream import Seed
+from fedseed.privacy import private_scalar
 from fedseed.seeds import PURPOSE_POOL, PURPOSE_ROUNDING, PURPOSE_SCHEDULE, derive_seed
 from fedseed.zo import Snapshot, ZOEngine
 
@@ -79,6 +80,9 @@ class FedKSeedConfig:
     aggregator: str = "mean"  # how the r values of one (schedule, step) combine: mean|median|trimmed-mean
     trim: float = 0.25  # trimmed-mean: share of values dropped at each end
     reject_anomaly: float = 0.0  # drop a client's round when its anomaly score exceeds this; 0 = keep all
+    # Differential privacy of each sent scalar (fedseed.privacy): per-example clip and noise multiplier.
+    dp_clip: float = 0.0  # per-example |g_i| bound C; 0 = no DP
+    dp_noise: float = 0.0  # Gaussian noise std = dp_noise x C / batch, from the OS CSPRNG
 
     def __post_init__(self) -> None:
         if not 1 <= self.pool_size <= 1 << 20:
@@ -99,6 +103,10 @@ class FedKSeedConfig:
             raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
         if not (self.reject_anomaly >= 0 and math.isfinite(self.reject_anomaly)):
             raise ConfigError(f"reject_anomaly must be >= 0 (0 = off), got {self.reject_anomaly}")
+        if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip + self.dp_noise)):
+            raise ConfigError("dp_clip and dp_noise must be finite and >= 0")
+        if self.dp_noise > 0 and self.dp_clip == 0:
+            raise ConfigError("dp_noise needs dp_clip > 0 (the noise is scaled to the clipping bound)")
 
 
 def combine(values: Sequence[float], aggregator: str, trim: float) -> float:
@@ -322,6 +330,9 @@ def run_local_round(
 ) -> bytes:
     """A selected client's work: its local ZO steps, one byte each.
 
+    With ``dp_clip`` set, ``loss_for_step`` must give per-example losses and each step's
+    scalar is clipped and noised (:func:`fedseed.privacy.private_scalar`); no loss is reported.
+
     Each step estimates ``g`` along its scheduled pool seed, encodes it (the
     stochastic-rounding draw derived from (round, slot, step)), and applies
     the *decoded* value locally, as everyone else will. A step whose loss is
@@ -329,18 +340,23 @@ def run_local_round(
     receives each finite step's mean of the two evaluations. The model ends away from
     the round's start; :func:`finish_round` puts it where everyone agrees.
     """
-    codec, lr = rounds.codec, rounds.config.lr
+    codec, lr, config = rounds.codec, rounds.config.lr, rounds.config
     payload = bytearray()
     for step, pool_index in enumerate(plan.schedules[slot]):
         seed = rounds.seeds[pool_index]
-        result = engine.estimate(seed, loss_for_step(step))
-        if result is None:
+        g: float | None
+        if config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
+            g = private_scalar(engine, seed, loss_for_step(step), config.dp_clip, config.dp_noise)
+        else:
+            result = engine.estimate(seed, loss_for_step(step))
+            g = None if result is None else result.projected_grad
+            if result is not None and losses is not None:
+                losses.append(result.loss)
+        if g is None:
             payload.append(0)
             continue
-        if losses is not None:
-            losses.append(result.loss)
         draw = uniform_from_seed(derive_seed(rounds.key, PURPOSE_ROUNDING, plan.round_index, slot, step))
-        byte = codec.encode(result.projected_grad, draw)
+        byte = codec.encode(g, draw)
         engine.apply([seed], [float(np.float32(-lr * codec.decode(byte)))])
         payload.append(byte)
     return bytes(payload)

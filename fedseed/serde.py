@@ -42,6 +42,7 @@ def run_params_to_proto(params: RunParams) -> pb.RunParams:
         run_name=params.run_name, pool_size=c.pool_size, local_steps=c.local_steps,
         lr=c.lr, eps=c.eps, importance=c.importance, codec=params.codec, clip_factor=c.clip_factor,
         replicas=c.replicas, aggregator=c.aggregator, trim=c.trim, reject_anomaly=c.reject_anomaly,
+        dp_clip=c.dp_clip, dp_noise=c.dp_noise,
     )  # fmt: skip
 
 
@@ -51,7 +52,7 @@ def run_params_from_proto(message: pb.RunParams) -> RunParams:
         pool_size=message.pool_size, local_steps=message.local_steps, lr=message.lr,
         eps=message.eps, importance=message.importance, clip_factor=message.clip_factor,
         replicas=message.replicas or 1, aggregator=message.aggregator or "mean", trim=message.trim,
-        reject_anomaly=message.reject_anomaly,
+        reject_anomaly=message.reject_anomaly, dp_clip=message.dp_clip, dp_noise=message.dp_noise,
     )  # fmt: skip
     return RunParams(message.run_name, config, message.codec)
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fedseed import data, models, partition, tasks
+from fedseed import data, models, partition, privacy, tasks
 from fedseed.codec import LogCodec
 from fedseed.curriculum import CurriculumConfig
 from fedseed.errors import ConfigError
@@ -94,6 +94,9 @@ class SimulationConfig:
     aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
     trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
     reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
+    dp_clip: float = FedKSeedConfig.dp_clip  # DP: per-example bound on each client's scalar; 0 = no DP
+    dp_noise: float = FedKSeedConfig.dp_noise  # DP: noise multiplier (std = dp_noise x dp_clip / batch)
+    dp_delta: float = 1e-5  # DP: the delta at which epsilon is reported
     byzantine: int = 0  # clients 0..byzantine-1 attack (an experiment knob, never on in a real run)
     attack: str = "sign-flip"  # what a Byzantine client sends: sign-flip | max | random
     batch_size: int = 8  # examples per ZO step
@@ -136,6 +139,8 @@ class SimulationConfig:
             )
         if self.attack not in ATTACKS:
             raise ConfigError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if not 0 <= self.byzantine <= self.num_clients:
             raise ConfigError(f"byzantine must be in [0, num_clients], got {self.byzantine}")
         self.fedkseed  # noqa: B018  (validates)
@@ -145,6 +150,7 @@ class SimulationConfig:
         return FedKSeedConfig(
             self.pool_size, self.local_steps, self.lr, self.eps, self.importance,
             self.clip_factor, self.replicas, self.aggregator, self.trim, self.reject_anomaly,
+            self.dp_clip, self.dp_noise,
         )  # fmt: skip
 
 
@@ -372,6 +378,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
     history: list[ClosedRound] = []
     started = time.perf_counter()
     client_steps = bytes_up = bytes_down = 0
+    steps_by_client: dict[str, int] = {}
     loss_after, acc_after = loss_before, acc_before
     on_terminal = config.progress and sys.stderr.isatty()
     with (
@@ -414,6 +421,8 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             for e in entries:
                 ledger.append(e)
             client_steps += len(replies) * config.local_steps
+            for slot in replies:
+                steps_by_client[chosen[slot]] = steps_by_client.get(chosen[slot], 0) + config.local_steps
             up = sum(len(p) + SUBMIT_OVERHEAD_B for p in replies.values())
             down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
             bytes_up, bytes_down = bytes_up + up, bytes_down + down
@@ -453,8 +462,29 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
         "trainable_params": setup.engine.trainable.numel,
         "model_params": sum(p.numel() for p in model.parameters()),  # tied weights once
     }  # fmt: skip
+    if config.dp_clip > 0:
+        summary["privacy"] = privacy_report(config, setup, steps_by_client)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report
+
+
+def privacy_report(
+    config: SimulationConfig, setup: SimulationSetup, steps_by_client: Mapping[str, int]
+) -> dict[str, Any]:
+    """Each client's epsilon at ``dp_delta`` for the steps it took; the run reports the largest."""
+    per_client = {
+        c.name: privacy.epsilon(
+            config.dp_noise, min(1.0, config.batch_size / c.num_samples), steps_by_client.get(c.name, 0),
+            config.dp_delta,
+        )
+        for c in setup.clients
+    }  # fmt: skip
+    worst = max(per_client, key=lambda name: per_client[name])
+    return {
+        "epsilon": per_client[worst], "delta": config.dp_delta, "worst_client": worst,
+        "steps_of_worst_client": steps_by_client.get(worst, 0), "dp_clip": config.dp_clip,
+        "dp_noise": config.dp_noise, "accountant": "RDP (dp-accounting), Poisson-sampled Gaussian",
+    }  # fmt: skip
 
 
 def _mean_known(values: list[float | None]) -> float | None:

@@ -40,6 +40,12 @@ def loss(task: Task, encoded: Encoded) -> torch.Tensor:
         return F.cross_entropy(task.logits(encoded).float(), encoded["labels"])
 
 
+def per_example_losses(task: Task, encoded: Encoded) -> torch.Tensor:
+    """Each example's cross-entropy (differential privacy clips them one by one)."""
+    with torch.no_grad():
+        return F.cross_entropy(task.logits(encoded).float(), encoded["labels"], reduction="none")
+
+
 def accuracy(task: Task, examples: Sequence[Example], batch_size: int = 32) -> float:
     """Fraction of ``examples`` whose argmax class is the label."""
     correct = 0

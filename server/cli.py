@@ -57,6 +57,8 @@ class RunSettings:
     aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
     trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
     reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
+    dp_clip: float = FedKSeedConfig.dp_clip  # DP: per-example bound on each client's scalar; 0 = no DP
+    dp_noise: float = FedKSeedConfig.dp_noise  # DP: noise multiplier (std = dp_noise x dp_clip / batch)
     codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
     rounds: int = CoordinatorConfig.rounds  # the run ends after this many closed rounds
     clients_per_round: int = CoordinatorConfig.clients_per_round  # clients selected per round
@@ -123,6 +125,7 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     fedkseed = FedKSeedConfig(
         run.pool_size, run.local_steps, run.lr, run.eps, run.importance,
         run.clip_factor, run.replicas, run.aggregator, run.trim, run.reject_anomaly,
+        run.dp_clip, run.dp_noise,
     )  # fmt: skip
     config = CoordinatorConfig(
         params=RunParams(run.name, fedkseed, run.codec),

@@ -80,6 +80,8 @@ class RunParams(_message.Message):
     AGGREGATOR_FIELD_NUMBER: _builtins.int
     TRIM_FIELD_NUMBER: _builtins.int
     REJECT_ANOMALY_FIELD_NUMBER: _builtins.int
+    DP_CLIP_FIELD_NUMBER: _builtins.int
+    DP_NOISE_FIELD_NUMBER: _builtins.int
     run_name: _builtins.str
     pool_size: _builtins.int
     local_steps: _builtins.int
@@ -102,6 +104,12 @@ class RunParams(_message.Message):
     """trimmed-mean: share dropped at each end"""
     reject_anomaly: _builtins.float
     """leave out a reply whose anomaly score exceeds this; 0 = keep all"""
+    dp_clip: _builtins.float
+    """Differential privacy of each scalar (fedseed.privacy), enforced by every client.
+    per-example bound on the projected gradient; 0 = no DP
+    """
+    dp_noise: _builtins.float
+    """noise multiplier: std = dp_noise x dp_clip / batch size"""
     def __init__(
         self,
         *,
@@ -117,10 +125,12 @@ class RunParams(_message.Message):
         aggregator: _builtins.str = ...,
         trim: _builtins.float = ...,
         reject_anomaly: _builtins.float = ...,
+        dp_clip: _builtins.float = ...,
+        dp_noise: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "clip_factor", b"clip_factor", "codec", b"codec", "eps", b"eps", "importance", b"importance", "local_steps", b"local_steps", "lr", b"lr", "pool_size", b"pool_size", "reject_anomaly", b"reject_anomaly", "replicas", b"replicas", "run_name", b"run_name", "trim", b"trim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "clip_factor", b"clip_factor", "codec", b"codec", "dp_clip", b"dp_clip", "dp_noise", b"dp_noise", "eps", b"eps", "importance", b"importance", "local_steps", b"local_steps", "lr", b"lr", "pool_size", b"pool_size", "reject_anomaly", b"reject_anomaly", "replicas", b"replicas", "run_name", b"run_name", "trim", b"trim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
