@@ -1,6 +1,6 @@
 """Byzantine clients against seed-only FedKSeed, with and without the defences (issue 7).
 
-    .venv/bin/python bench/byzantine.py              # 4 attacks x 3 defences (~30 min on 2 cores)
+    .venv/bin/python bench/byzantine.py              # 4 attacks x 3 defences (~25 min on 2 cores)
     .venv/bin/python bench/byzantine.py --rounds 1   # a smoke run
 
 SmolLM2-135M (label words, final RMSNorm weight) on VADER movie snippets, 20 IID
@@ -83,7 +83,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "runs" / "byzantine"))
     parser.add_argument("--json", default=str(REPO / "bench" / "results" / "byzantine.json"))
     args = parser.parse_args()

@@ -8,6 +8,7 @@ protocol clients (threads, no model) whose reply bytes derive from (name, round)
 every selected client's reply, so an uninterrupted run's closed rounds are fully determined.
 A killer sends SIGKILL at 1-3 random moments (seeded), each time restarting the coordinator on
 the same database and port; clients retry through the outage with the same idempotency key.
+``--delay-ms`` puts a TCP proxy between clients and coordinator that delays every chunk.
 
 Checked per trial: every reply a client saw acknowledged (ACCEPTED or DUPLICATE) is in the
 database with its bytes; the closed rounds (hence the ledger and every replica's model hash)
@@ -17,6 +18,7 @@ equal the uninterrupted reference run's; the database passes SQLite's integrity 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -83,6 +85,47 @@ class Coordinator:
         self.proc = self.start()
 
 
+class DelayProxy:
+    """A TCP proxy on loopback that holds every chunk for ``delay_s`` in each direction (a slow link)."""
+
+    def __init__(self, target_port: int, delay_s: float) -> None:
+        self.target_port, self.delay_s = target_port, delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:  # the coordinator is down: the client sees a reset and retries
+                downstream.close()
+                continue
+            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                time.sleep(self.delay_s)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
 def _call(method: Any, request: Any, stop: threading.Event) -> Any:
     while not stop.is_set():
         try:
@@ -136,13 +179,18 @@ def _stored(db: Path) -> set[tuple[int, int, bytes]]:
         return {(r, s, bytes(b)) for r, s, b in conn.execute("SELECT round, slot, scalars FROM replies")}
 
 
-def trial(workdir: Path, seed: int | None, timeout_s: float = 120.0) -> dict[str, Any]:
-    """One run; ``seed`` None = the uninterrupted reference."""
+def trial(workdir: Path, seed: int | None, timeout_s: float = 120.0, delay_ms: float = 0.0) -> dict[str, Any]:
+    """One run; ``seed`` None = the uninterrupted reference; ``delay_ms``: clients talk through
+    a proxy that delays every chunk by that much each way."""
     workdir.mkdir(parents=True, exist_ok=True)
     db, port = workdir / "coordinator.db", _free_port()
     coordinator = Coordinator(_config(workdir), db, port)
+    proxy = DelayProxy(port, delay_ms / 1000) if delay_ms else None
+    client_port = proxy.port if proxy else port
     stop, acked = threading.Event(), []  # type: ignore[var-annotated]
-    threads = [threading.Thread(target=client, args=(port, f"c{i}", acked, stop)) for i in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=client, args=(client_port, f"c{i}", acked, stop)) for i in range(CLIENTS)
+    ]
     for t in threads:
         t.start()
     rng = random.Random(seed)
@@ -158,24 +206,27 @@ def trial(workdir: Path, seed: int | None, timeout_s: float = 120.0) -> dict[str
         t.join(max(0.1, deadline - time.monotonic()))
     stop.set()
     coordinator.proc.wait(timeout=30)
+    if proxy:
+        proxy.close()
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    return {"seed": seed, "kills": kills, "acked": len(acked), "lost": len(set(acked) - _stored(db)),
+    return {"seed": seed, "kills": kills, "delay_ms": delay_ms, "acked": len(acked),
+            "lost": len(set(acked) - _stored(db)),
             "closed_rounds": _closed_rounds(db), "integrity": integrity,
             "seconds": time.monotonic() - started}  # fmt: skip
 
 
-def run_trials(trials: int, first_seed: int = 0) -> dict[str, Any]:
+def run_trials(trials: int, first_seed: int = 0, delay_ms: float = 0.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         reference = trial(Path(tmp) / "reference", None)
         assert len(reference["closed_rounds"]) == ROUNDS, "the reference run did not finish"
         results = []
         for seed in range(first_seed, first_seed + trials):
-            result = trial(Path(tmp) / f"trial-{seed}", seed)
+            result = trial(Path(tmp) / f"trial-{seed}", seed, delay_ms=delay_ms)
             result["same_ledger"] = result.pop("closed_rounds") == reference["closed_rounds"]
             results.append(result)
     return {
-        "trials": trials, "kills": sum(r["kills"] for r in results),
+        "trials": trials, "delay_ms": delay_ms, "kills": sum(r["kills"] for r in results),
         "acknowledged": sum(r["acked"] for r in results), "lost": sum(r["lost"] for r in results),
         "different_ledgers": sum(not r["same_ledger"] for r in results),
         "integrity_failures": sum(r["integrity"] != "ok" for r in results), "runs": results,
@@ -187,9 +238,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="clients talk through a slow proxy")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "fault_injection.json"))
     args = parser.parse_args()
-    summary = run_trials(args.trials)
+    summary = run_trials(args.trials, delay_ms=args.delay_ms)
     Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     return 0 if summary["lost"] == summary["different_ledgers"] == summary["integrity_failures"] == 0 else 1

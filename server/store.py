@@ -108,6 +108,13 @@ class CoordinatorStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # A damaged file (a torn or bad write below SQLite) is refused before serving a byte.
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+            if problems:
+                raise StoreError(
+                    f"{self.path} fails SQLite's integrity check ({'; '.join(problems[:3])}); restore "
+                    "it from a backup or start a new run on a new file"
+                )
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable coordinator database: {exc}") from exc

@@ -1,10 +1,18 @@
-"""The disk fills up under the coordinator: a clear error, nothing half-written, and the run
-continues once there is room again. (SQLite's per-connection page limit stands in for a full
-disk: the same SQLITE_FULL error, without filling a real file system.)"""
+"""Storage faults under the coordinator: clear errors, nothing half-written.
+
+The disk fills up: SQLite's per-connection page limit stands in for a full disk (the same
+SQLITE_FULL error, without filling a real file system); the run continues once there is
+room again. A damaged database file is refused at start-up; a read-only one too.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +28,7 @@ from fedseed.server.store import CoordinatorStore, ReplyOutcome, StoreError
 
 MANIFEST = Manifest("philox4x32-10/rademacher/v1", "sha256:" + "0" * 64, "disk", ("w",))
 TOKEN = [("authorization", "Bearer t")]
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "coordinator.toml"
 
 
 STEPS = 20_000  # a reply this size needs new database pages
@@ -80,3 +89,41 @@ def test_a_submit_on_a_full_disk_is_unavailable_and_succeeds_on_retry(tmp_path: 
             assert stub.Submit(submit, metadata=TOKEN, timeout=5).outcome == pb.SubmitReply.ACCEPTED
     finally:
         stop_gracefully(server, health, grace_s=0.5)
+
+
+def _coordinator_process(db: Path, config: Path, **popen: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedseed", "coordinator", "--config", str(config), "--database", str(db),
+         "--address", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FEDSEED_TOKEN": "t", **popen.pop("env", {})}, **popen,
+    )  # fmt: skip
+
+
+def test_a_damaged_database_is_refused_at_start_up(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    store = CoordinatorStore(db)
+    store.init_run(MANIFEST, RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
+    for i in range(200):
+        store.upsert_client(f"client-{i:04d}-" + "x" * 100, 10)
+    store.close()
+    raw = bytearray(db.read_bytes())
+    raw[3 * 4096 : 4 * 4096] = b"\xa5" * 4096  # one page overwritten below SQLite
+    db.write_bytes(bytes(raw))
+    proc = _coordinator_process(db, EXAMPLE)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(db) in proc.stderr and ("integrity" in proc.stderr or "malformed" in proc.stderr)
+
+
+def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    # Root ignores file modes; an immutable file (chattr +i) is read-only even for root.
+    db = tmp_path / "c.db"
+    CoordinatorStore(db).close()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)]).returncode != 0:
+        pytest.skip("cannot make a file immutable here (chattr)")
+    try:
+        proc = _coordinator_process(db, EXAMPLE)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(db) in proc.stderr and "readonly" in proc.stderr.replace("read-only", "readonly")
