@@ -73,6 +73,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @_abort_on_errors
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.TaskReply:
         wait_s = min(request.wait_ms, MAX_WAIT_MS) / 1000
+        # Never wait past the caller's deadline: a client that gave up must not keep a worker
+        # thread (found by fuzzing: abandoned 30 s polls starved the pool).
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait_s = max(0.0, min(wait_s, remaining - 0.05))
         task = self.coordinator.wait_for_task(request.client_id, wait_s)
         next_round = self.coordinator.store.next_round()
         if task is not None:
