@@ -136,15 +136,39 @@ def run(config: simulate.SimulationConfig) -> simulate.SimulationReport:
         "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False},
     }
-    run_simulation(
-        server_app=make_server_app(config, reports.append),
-        client_app=flower_app.app,
-        num_supernodes=config.num_clients,
-        backend_config=backend_config,
-    )
+    for attempt in (1, 2):
+        try:
+            run_simulation(
+                server_app=make_server_app(config, reports.append),
+                client_app=flower_app.app,
+                num_supernodes=config.num_clients,
+                backend_config=backend_config,
+            )
+            break
+        except RuntimeError as exc:
+            # Ray's local node sometimes fails to come up on a loaded 2-core machine ("timed out
+            # during startup"); nothing ran yet, so one fresh start is safe (the run restarts
+            # from its first round and rewrites its files).
+            if attempt == 2 or not _ray_failed_to_start(exc):
+                raise
+            log.warning("Ray did not start (%s); starting it once more", _root_cause(exc))
+            import ray
+
+            ray.shutdown()
+            reports.clear()
     if not reports:
         raise RuntimeError("Flower's simulation ended without a report (see its log above)")
     return reports[0]
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
+
+
+def _ray_failed_to_start(exc: BaseException) -> bool:
+    return "timed out during startup" in str(_root_cause(exc))
 
 
 def _plain(value: Any) -> Any:

@@ -116,9 +116,15 @@ def run_peer(
             "run": config.run_name, "lr": config.lr, "eps": config.eps}  # fmt: skip
     everyone: list[object] = [None] * world
     dist.all_gather_object(everyone, mine)
-    for peer, theirs in enumerate(everyone):
-        if theirs != mine:
-            raise ConfigError(f"peer {peer}'s manifest or run differs from peer {rank}'s: {theirs} vs {mine}")
+    differs = [peer for peer, theirs in enumerate(everyone) if theirs != mine]
+    if differs:
+        # Every peer sees the difference; leave together, so that the store's host (rank 0)
+        # does not exit while another peer still talks to it.
+        dist.barrier()
+        other = differs[0]
+        raise ConfigError(
+            f"peer {other}'s manifest or run differs from peer {rank}'s: {everyone[other]} vs {mine}"
+        )
     # 2. My own ledger (a restart), then the longest ledger among us.
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"peer-{rank}.ledger.jsonl"
