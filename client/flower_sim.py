@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -45,6 +46,7 @@ from fedseed.seeds import run_key
 from . import flower_app
 
 DEFAULT_TIMEOUT_S = 3600.0
+RAY_START_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 
@@ -134,10 +136,11 @@ def run(config: simulate.SimulationConfig) -> simulate.SimulationReport:
         )
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "WARNING"},
     }
-    for attempt in (1, 2):
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
+            _start_ray(backend_config["init_args"])
             run_simulation(
                 server_app=make_server_app(config, reports.append),
                 client_app=flower_app.app,
@@ -146,19 +149,48 @@ def run(config: simulate.SimulationConfig) -> simulate.SimulationReport:
             )
             break
         except RuntimeError as exc:
-            # Ray's local node sometimes fails to come up on a loaded 2-core machine ("timed out
-            # during startup"); nothing ran yet, so one fresh start is safe (the run restarts
-            # from its first round and rewrites its files).
-            if attempt == 2 or not _ray_failed_to_start(exc):
+            # On a loaded machine Ray's local node can miss its own start-up deadlines (the GCS
+            # server's port file after 30 s, the raylet's "timed out during startup"); nothing
+            # of the run has happened then, so a fresh start is safe (the run begins at its
+            # first round and rewrites its files).
+            if attempt == RAY_START_ATTEMPTS or not _ray_failed_to_start(exc):
                 raise
-            log.warning("Ray did not start (%s); starting it once more", _root_cause(exc))
+            log.warning(
+                "Ray did not start (%s); starting it again (%d of %d)",
+                _root_cause(exc),
+                attempt + 1,
+                RAY_START_ATTEMPTS,
+            )
+            reports.clear()
+        finally:
             import ray
 
             ray.shutdown()
-            reports.clear()
     if not reports:
         raise RuntimeError("Flower's simulation ended without a report (see its log above)")
     return reports[0]
+
+
+class RayStartError(RuntimeError):
+    """Ray's local node did not come up; nothing of the run has started."""
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here (Flower's backend reuses a running one), so a failed start is told apart.
+
+    The runtime environment is the one Flower's backend would give its workers.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    except Exception as exc:
+        raise RayStartError(f"Ray's local node did not start: {exc}") from exc
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -168,7 +200,10 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _ray_failed_to_start(exc: BaseException) -> bool:
-    return "timed out during startup" in str(_root_cause(exc))
+    if isinstance(exc, RayStartError):
+        return True
+    cause = str(_root_cause(exc))
+    return "timed out during startup" in cause or "Timed out waiting for file" in cause
 
 
 def _plain(value: Any) -> Any:

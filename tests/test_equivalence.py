@@ -128,3 +128,30 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
     status = report_status(open_run(tmp_path / "coordinator.db"))
     assert status["rounds"] == config.rounds and status["clients"] == config.num_clients
     assert status["reply_bytes"] == sum(len(c.scalars) for c in coordinator.store.closed_rounds(-1, 100))
+
+
+def _chained(root: str) -> RuntimeError:
+    """The chain Flower raises: its own RuntimeError over the backend's over Ray's."""
+    try:
+        try:
+            try:
+                raise RuntimeError(root)
+            except RuntimeError as ray_error:
+                raise RuntimeError("Simulation Runtime crashed.") from ray_error
+        except RuntimeError as backend_error:
+            raise RuntimeError("An error was encountered. Ending simulation.") from backend_error
+    except RuntimeError as top:
+        return top
+
+
+@pytest.mark.parametrize(
+    ("root", "retried"),
+    [
+        ("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc", True),  # seen in CI
+        ("The current node timed out during startup. This could happen because ...", True),  # seen in CI
+        ("a Flower ClientApp failed: boom", False),  # the run itself failed: never rerun it
+    ],
+)
+def test_only_a_failed_ray_start_is_retried(root: str, retried: bool) -> None:
+    assert flower_sim._ray_failed_to_start(_chained(root)) is retried
+    assert flower_sim._ray_failed_to_start(flower_sim.RayStartError(root)) is True
