@@ -81,6 +81,26 @@ def test_numba_path_equals_reference_bit_for_bit(dtype: torch.dtype, numel: int,
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threaded_and_single_threaded_kernels_give_the_same_bits(dtype: torch.dtype) -> None:
+    # Prepare: large enough for the threaded kernel when torch has more than one thread
+    src = torch.randn(cpu.PARALLEL_MIN_NUMEL + 129, generator=torch.Generator().manual_seed(1)).to(dtype)
+    outputs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            # Execute
+            torch.set_num_threads(threads)
+            assert cpu._parallel(src.numel()) is (threads > 1)
+            out = torch.empty_like(src)
+            cpu.apply_entries(src, out, 9, [11, 12], [1e-3, -4e-3])
+            outputs.append(_bits(out))
+    finally:
+        torch.set_num_threads(before)
+    # Assert
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_numba_rounding_handles_ties_overflow_and_nan(dtype: torch.dtype) -> None:
     # Values chosen so float32(p) + delta lands on ties, overflows, or is NaN;
     # a NaN is stored as the one canonical pattern whatever its payload was.
