@@ -1,7 +1,7 @@
 """Does seed-only training learn as well as the alternatives? (issue 8's harness)
 
     .venv/bin/python bench/quality.py          # the CPU config, bench/configs/quality-cpu.toml
-    .venv/bin/python bench/quality.py --config bench/configs/quality-gpu.toml
+    .venv/bin/python bench/quality.py --config bench/configs/quality-large.toml   # longer, many cores
     .venv/bin/python bench/quality.py --seeds 0 --tasks vader-minilm --methods fedseed,adamw-lora  # a slice
     .venv/bin/python bench/quality.py --report                          # tables + plots from the results file
 

@@ -27,6 +27,7 @@ pool seeds, schedules and minibatches: they differ only in what the method chang
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -325,7 +326,7 @@ def fedseed_simulated(
     config: simulate.SimulationConfig, budget: Budget, out_dir: Path, overrides: dict[str, Any]
 ) -> Curve:
     """``fedseed simulate`` with this budget; the curve comes from its metrics.jsonl."""
-    settings = simulate._jsonable(dataclasses.asdict(config))
+    settings = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # as a TOML file gives it
     settings.update(
         rounds=budget.zo_rounds, local_steps=budget.zo_local_steps, out_dir=str(out_dir), progress=False,
         eval_every=max(1, budget.zo_rounds // budget.evals),
@@ -340,8 +341,6 @@ def fedseed_simulated(
         (report.bytes_up + report.bytes_down) / max(1, run_config.rounds * run_config.clients_per_round),
         0,
     )  # fmt: skip
-    import json
-
     sent = 0
     for line in (report.run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
