@@ -58,7 +58,8 @@ async def client(
         if kind == "task":
             await stub.Submit(pb.SubmitRequest(
                 client_id=joined.client_id, round=reply.task.round, slot=reply.task.slot,
-                scalars=rng.randbytes(steps), idempotency_key=f"{name}-{reply.task.round}", start_hash="h",
+                scalars=rng.randbytes(steps), idempotency_key=f"{name}-{reply.task.round}",
+                start_hash="sha256:" + "0" * 64,
             ), metadata=AUTH)  # fmt: skip
             continue
         await asyncio.sleep(max(reply.retry_after_ms / 1000, poll_s) * (0.5 + rng.random()))

@@ -153,7 +153,7 @@ def client(port: int, name: str, acked: list[tuple[int, int, bytes]], stop: thre
             scalars = random.Random(f"{name}-{task.round}").randbytes(STEPS)
             submit = pb.SubmitRequest(client_id=joined.client_id, round=task.round, slot=task.slot,
                                       scalars=scalars, idempotency_key=f"{name}-{task.round}",
-                                      start_hash="sha256:h")  # fmt: skip
+                                      start_hash="sha256:" + "1" * 64)  # fmt: skip
             outcome = _call(stub.Submit, submit, stop)
             if outcome is not None and outcome.outcome in (pb.SubmitReply.ACCEPTED, pb.SubmitReply.DUPLICATE):
                 acked.append((task.round, task.slot, scalars))

@@ -31,11 +31,10 @@ from fedseed.manifest import Manifest
 from fedseed.perturb.stream import STREAM_NAME
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedConfig
-from fedseed.serde import RunParams
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
+from fedseed.settings import RunParams, RunSettings
 
 MANIFEST = Manifest(STREAM_NAME, "sha256:" + "0" * 64, "bench", tuple(f"layer.{i}.weight" for i in range(4)))
 
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    params = RunParams("wire-bytes", FedKSeedConfig(args.pool_size, args.local_steps, 1e-6, 1e-3))
+    params = RunParams("wire-bytes", RunSettings(args.pool_size, args.local_steps, 1e-6, 1e-3))
     config = CoordinatorConfig(params, MANIFEST, clients_per_round=args.clients, rounds=args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         coordinator = Coordinator(CoordinatorStore(Path(tmp) / "bench.db"), config)

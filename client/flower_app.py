@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -30,6 +30,7 @@ from flwr.clientapp import ClientApp
 
 from fedseed import serde, simulate
 from fedseed.local import LocalClient, RoundResult
+from fedseed.replica import Replica
 from fedseed.rounds import ClosedRound
 
 TASK_KEY = "fedseed.task"
@@ -51,17 +52,15 @@ class _SharedModel:
     """One model per worker process, shared by the virtual clients it runs (as the simulator)."""
 
     setup: simulate.SimulationSetup
-    applied_rounds: int = 0
+    replica: Replica = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The worker's clients plan with the same round state the replica advances.
+        self.replica = Replica(self.setup.rounds, self.setup.engine)
 
     def catch_up(self, history: Sequence[ClosedRound]) -> None:
         """Apply the closed rounds this copy has not applied yet (the run's ledger, as bytes)."""
-        rounds = self.setup.rounds
-        for closed in history[self.applied_rounds :]:
-            plan = rounds.plan(closed.round_index, closed.sample_counts)
-            entries = rounds.aggregate(plan, closed.replies(rounds.config.local_steps))
-            if entries:
-                self.setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
-            self.applied_rounds = closed.round_index + 1
+        self.replica.apply_new(history)
 
 
 _SHARED: dict[str, _SharedModel] = {}

@@ -124,6 +124,13 @@ def run(config: simulate.SimulationConfig) -> simulate.SimulationReport:
     payload = _plain(dataclasses.asdict(config))
     payload["engine"] = "inprocess"  # what each worker builds is the in-process client set
     os.environ[flower_app.CONFIG_ENV] = json.dumps(payload)  # Ray workers inherit the driver's environment
+    try:
+        return _run_on_ray(config)
+    finally:
+        os.environ.pop(flower_app.CONFIG_ENV, None)  # the driver's process is no worker
+
+
+def _run_on_ray(config: simulate.SimulationConfig) -> simulate.SimulationReport:
     reports: list[simulate.SimulationReport] = []
     cpus = os.cpu_count() or 1
     # A loss-scored curriculum keeps per-client state in the worker that scored it; one

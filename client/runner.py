@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from fedseed import data, serde, simulate, tasks
-from fedseed.codec import LogCodec
 from fedseed.curriculum import ORDERINGS, PACINGS, SCORINGS, CurriculumConfig, per_sample_losses
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.ledger import model_hash
@@ -39,18 +38,16 @@ from fedseed.logs import configure
 from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedRounds
+from fedseed.replica import Replica
+from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import run_key
-from fedseed.zo import TrainableSet, ZOEngine
+from fedseed.zo import Snapshot, TrainableSet, ZOEngine
 
 from . import flower_app, flower_host
 from .flower_app import register, reply_from, task_content
 
 log = logging.getLogger(__name__)
 
-# Default trainable tensors of a client, per built-in model (parameter-efficient:
-# ZO's noise grows with the number of trainable parameters).
-CLIENT_TRAINABLE = {"minilm": ["LayerNorm", r"^classifier\."], "smollm2": [r"^model\.norm\.weight$"]}
 RPC_TIMEOUT_S = 10.0  # every RPC has a deadline; GetTask adds its long-poll budget
 
 
@@ -65,11 +62,22 @@ class EdgeClient:
     batch_size: int = 8
     token: str | None = None
     wait_ms: int = 2000
-    applied_rounds: int = 0  # closed rounds applied to the local model
-    rounds: FedKSeedRounds | None = None
     client_id: int = 0
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     local: LocalClient | None = None  # built at join, from the run's parameters
+    replica: Replica | None = None  # this client's copy of the run (built at join)
+    history: list[ClosedRound] = field(default_factory=list)  # every closed round, as bytes
+    sent_hashes: dict[int, str] = field(default_factory=dict)  # round -> start hash this client sent
+    heals: list[dict[str, Any]] = field(default_factory=list)  # each rebuild: round, seconds, hashes
+    base: Snapshot | None = None  # the trainable tensors as loaded: what a rebuild starts from
+
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = self.engine.snapshot()
+
+    @property
+    def applied_rounds(self) -> int:
+        return self.replica.applied_rounds if self.replica else 0
 
     def _metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
@@ -98,31 +106,58 @@ class EdgeClient:
             score=score,
         )
         reply = self._call(self.stub.Join, request)
-        params = serde.run_params_from_proto(reply.params)
+        params = serde.run_params_from_proto(reply.params)  # refuses a run it would not reproduce
         self.client_id = reply.client_id
-        self.rounds = FedKSeedRounds(params.config, run_key(params.run_name), LogCodec())
+        self.engine.set_eps(params.settings.eps)  # every ZO setting comes from the run, none from here
+        rounds = FedKSeedRounds(params.settings, run_key(params.run_name))
+        self.replica = Replica(rounds, self.engine, base=self.base)
         self.local = LocalClient(
-            self.name, self.engine, self.task, self.shard, self.rounds, self.batch_size, self.curriculum,
+            self.name, self.engine, self.task, self.shard, rounds, self.batch_size, self.curriculum,
             total_rounds=max(1, reply.total_rounds),
         )  # fmt: skip
         log.info("%s joined as client %d; run %s", self.name, self.client_id, params.run_name)
 
     def catch_up(self) -> None:
-        """Apply every closed round not yet applied, in order (also feeds Pro's history)."""
-        assert self.rounds is not None
+        """Apply every closed round not yet applied, in order (also feeds Pro's history).
+
+        A round whose agreed start hash differs from the one this client sent for it (its
+        reply did not count) means this copy diverged: it heals before applying the round.
+        """
+        assert self.replica is not None
         while True:
             reply = self._call(
-                self.stub.Sync, pb.SyncRequest(client_id=self.client_id, from_round=self.applied_rounds)
+                self.stub.Sync, pb.SyncRequest(client_id=self.client_id, from_round=len(self.history))
             )
             for message in reply.rounds:
                 closed = serde.closed_round_from_proto(message)
-                plan = self.rounds.plan(closed.round_index, closed.sample_counts)
-                entries = self.rounds.aggregate(plan, closed.replies(self.rounds.config.local_steps))
-                if entries:
-                    self.engine.apply([e.seed for e in entries], [e.coef for e in entries])
-                self.applied_rounds = closed.round_index + 1
-            if not reply.rounds or self.applied_rounds >= reply.next_round:
+                if closed.round_index != len(self.history):
+                    continue  # already held (a retried Sync)
+                self.history.append(closed)
+                sent = self.sent_hashes.get(closed.round_index)
+                if sent is not None and sent != closed.start_hash:
+                    self.heal(closed.round_index, closed.start_hash)
+                self.replica.apply(closed)
+            if not reply.rounds or len(self.history) >= reply.next_round:
                 return
+
+    def heal(self, before_round: int, expected_hash: str) -> None:
+        """Rebuild from the base model and the closed rounds before ``before_round``; verify."""
+        assert self.replica is not None
+        started = time.perf_counter()
+        rebuilt = self.replica.rebuild(self.history[:before_round], expected_hash)
+        seconds = time.perf_counter() - started
+        self.heals.append(
+            {
+                "round": before_round,
+                "seconds": round(seconds, 4),
+                "hash": rebuilt,
+                "rounds_replayed": before_round,
+            }
+        )
+        log.warning(
+            "%s: diverged before round %d; rebuilt from base + %d rounds in %.3f s (%s)",
+            self.name, before_round, before_round, seconds, rebuilt,
+        )  # fmt: skip
 
     def work(self, task: pb.RoundTask) -> None:
         """The round's local work runs in the Flower ClientApp, hosted here."""
@@ -139,7 +174,14 @@ class EdgeClient:
             client_id=self.client_id, round=task.round, slot=task.slot, scalars=result.scalars,
             idempotency_key=uuid.uuid4().hex, start_hash=result.start_hash, score=result.score,
         )  # fmt: skip
-        outcome = self._call(self.stub.Submit, request).outcome
+        self.sent_hashes[task.round] = result.start_hash
+        answer = self._call(self.stub.Submit, request)
+        outcome = answer.outcome
+        if outcome == pb.SubmitReply.RESYNC:
+            # Most of the round started elsewhere: rebuild, verify against that, and the
+            # loop asks for the task again (it is still this client's until it counts).
+            self.sent_hashes.pop(task.round, None)
+            self.heal(task.round, answer.agreed_hash)
         log.info(
             "%s: round %d slot %d -> %s",
             self.name,
@@ -163,7 +205,10 @@ class EdgeClient:
                 if reply.task.round != self.applied_rounds:
                     continue  # closed rounds to apply first
                 self.work(reply.task)
-        return {"name": self.name, "rounds": self.applied_rounds, "model_hash": model_hash(self.engine.model)}
+        return {
+            "name": self.name, "rounds": self.applied_rounds, "model_hash": model_hash(self.engine.model),
+            "heals": self.heals,
+        }  # fmt: skip
 
 
 def _from_simulation_config(
@@ -205,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--examples", type=int, default=600, help="VADER movie snippets split across shards")
-    parser.add_argument("--model", default="minilm", choices=sorted(CLIENT_TRAINABLE))
+    parser.add_argument("--model", default="minilm", choices=sorted(models.DEFAULT_TRAINABLE))
     parser.add_argument("--trainable", action="append", default=None, help="default: the model's (see code)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=32)
@@ -230,12 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, batch_size = args.name, args.batch_size
             torch.set_num_threads(1)
             model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
-            trainable = TrainableSet.from_model(model, include=args.trainable or CLIENT_TRAINABLE[args.model])
+            trainable = TrainableSet.from_model(
+                model, include=args.trainable or models.DEFAULT_TRAINABLE[args.model]
+            )
             task = tasks.for_model(args.model, model, tokenizer, args.max_length)
             manifest = build_manifest(model, trainable.names, tasks.TASK_IDS[args.model])
             examples = data.load_vader("movies")[: args.examples]
             shard = examples[args.shard :: args.num_shards]
-            engine = ZOEngine(model, trainable, eps=1e-3)
+            engine = ZOEngine(model, trainable)  # eps: the run's, set at join
     except FedseedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -250,9 +297,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         pb_grpc.CoordinatorStub(channel), name, task, engine, shard,
         manifest, batch_size=batch_size, token=args.token, curriculum=curriculum,
     )  # fmt: skip
-    summary = client.run()
+    try:
+        summary = client.run()
+    except grpc.RpcError as exc:  # e.g. a wrong token or a manifest mismatch: one line, no traceback
+        print(f"error: the coordinator answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except (FedseedError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        channel.close()
     print(json.dumps(summary), flush=True)
-    channel.close()
     return 0
 
 

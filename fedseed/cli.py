@@ -156,6 +156,7 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from fedseed import models
     from fedseed.train import TrainConfig
 
     d = TrainConfig()
@@ -168,7 +169,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="ZO fine-tuning of a real model in one process")
-    train.add_argument("--model", default=d.model, choices=["minilm", "smollm2"])
+    train.add_argument("--model", default=d.model, choices=list(models.MODEL_NAMES))
     train.add_argument("--domain", default=d.domain, choices=["movies", "tweets", "amazon", "nyt"])
     train.add_argument(
         "--trainable",
@@ -201,7 +202,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     manifest = sub.add_parser("manifest", help="print a coordinator config's [manifest] block for a model")
-    manifest.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
+    manifest.add_argument("--model", default="minilm", choices=list(models.MODEL_NAMES))
     manifest.add_argument("--trainable", action="append", required=True, metavar="REGEX")
     manifest.add_argument("--task", default="vader-movies/minilm-seqcls")
     manifest.add_argument("--init-seed", type=int, default=0, help="seed of new (head) weights")

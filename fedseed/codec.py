@@ -115,3 +115,10 @@ class ScaledInt8Codec:
 def uniform_from_seed(seed: int) -> float:
     """A uniform in [0, 1) from a 64-bit derived seed (its top 53 bits)."""
     return (seed >> 11) * 2.0**-53
+
+
+def codec_named(name: str) -> Codec:
+    """The codec a run's settings name (fedseed.settings.CODECS), with its published parameters."""
+    if name == "log":
+        return LogCodec()
+    raise ConfigError(f"unknown codec {name!r}; runs replay only 'log'")

@@ -19,16 +19,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from fedseed.ledger import Ledger, model_hash
+from fedseed.ledger import model_hash, replay
 from fedseed.runs import RunError, RunRecord, open_run
 
 log = logging.getLogger(__name__)
@@ -120,11 +117,7 @@ def export_run(
 
 def _replay(record: RunRecord, engine: Any, to_round: int, from_round: int, progress: bool) -> int:
     entries = [e for e in record.entries_through(to_round) if e.round >= from_round]
-    groups = [group for _, _, group in Ledger(entries).steps()]
-    on_terminal = progress and sys.stderr.isatty()
-    for group in tqdm(groups, disable=not on_terminal, desc="replaying ledger", unit="step"):
-        engine.apply([e.seed for e in group], [e.coef for e in group])
-    return len(groups)
+    return replay(engine, entries, progress=progress)
 
 
 def _publish_modes(folder: Path) -> None:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Protocol, TextIO
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from fedseed.errors import LedgerError
 from fedseed.perturb.stream import Seed, as_seed
@@ -175,11 +177,14 @@ class Applier(Protocol):
     def apply(self, seeds: Sequence[int], coefs: Sequence[float]) -> None: ...
 
 
-def replay(applier: Applier, entries: Iterable[LedgerEntry]) -> int:
-    """Apply ``entries`` step by step, as their writer did; returns the number of steps."""
+def replay(applier: Applier, entries: Iterable[LedgerEntry], progress: bool = False) -> int:
+    """Apply ``entries`` step by step, as their writer did; returns the number of steps.
+
+    The one ledger replay (export, peers catching up, tests): one fused ``apply`` per
+    (round, step). ``progress`` shows a bar on a terminal."""
     ledger = entries if isinstance(entries, Ledger) else Ledger(entries)
-    count = 0
-    for _, _, group in ledger.steps():
+    groups = [group for _, _, group in ledger.steps()]
+    on_terminal = progress and sys.stderr.isatty()
+    for group in tqdm(groups, disable=not on_terminal, desc="replaying ledger", unit="step"):
         applier.apply([e.seed for e in group], [e.coef for e in group])
-        count += 1
-    return count
+    return len(groups)

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from fedseed import simulate, tasks
 from fedseed.codec import LogCodec, uniform_from_seed
 from fedseed.errors import ConfigError, FedseedError
-from fedseed.ledger import Ledger, LedgerEntry, model_hash
+from fedseed.ledger import Ledger, LedgerEntry, model_hash, replay
 from fedseed.manifest import build_manifest
 from fedseed.seeds import PURPOSE_PERTURB, PURPOSE_ROUNDING, derive_seed, run_key
 
@@ -90,15 +90,6 @@ def _steps_in(ledger: Ledger) -> int:
     return max((e.step for e in ledger), default=-1) + 1
 
 
-def _apply(engine: object, entries: Sequence[LedgerEntry]) -> None:
-    by_step: dict[int, list[LedgerEntry]] = {}
-    for e in entries:
-        by_step.setdefault(e.step, []).append(e)
-    for step in sorted(by_step):
-        group = by_step[step]
-        engine.apply([e.seed for e in group], [e.coef for e in group])  # type: ignore[attr-defined]
-
-
 def run_peer(
     config: simulate.SimulationConfig, steps: int, out_dir: Path, hash_every: int = 5
 ) -> dict[str, object]:
@@ -129,7 +120,7 @@ def run_peer(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"peer-{rank}.ledger.jsonl"
     own = Ledger.load(path) if path.exists() else Ledger()
-    _apply(engine, list(own))
+    replay(engine, list(own))
     counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([_steps_in(own)], dtype=torch.int64))
     have = [int(c) for c in counts]
@@ -144,7 +135,7 @@ def run_peer(
     missing = [e for e in longest if e.step >= _steps_in(own)]
     if missing:
         log.info("peer %d: catching up %d steps from peer %d's ledger", rank, max(have) - have[rank], source)
-        _apply(engine, missing)
+        replay(engine, missing)
     ledger = Ledger(list(own) + missing, path=None)
     ledger.save(path)
     ledger = Ledger(list(ledger), path=path)

@@ -100,6 +100,13 @@ def status_text(s: dict[str, Any]) -> str:
         scores = {n: v for n, v in s["scores"].items() if v is not None}
         if scores:
             lines.append("latest scores: " + ", ".join(f"{n} {v:.4f}" for n, v in sorted(scores.items())))
+        mismatches = s.get("mismatches", [])
+        lines.append(f"hash mismatches recorded: {len(mismatches)}")
+        for m in mismatches[-10:]:
+            agreed = m["agreed_hash"] or "no majority"
+            lines.append(
+                f"  round {m['round']}: {m['client']} started from {m['claimed_hash']}, round's: {agreed}"
+            )
     if "privacy" in s:
         p = s["privacy"]
         lines.append(

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedseed.codec import Codec, uniform_from_seed
+from fedseed.codec import Codec, codec_named, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import LedgerEntry
 from fedseed.perturb.stream import Seed
 from fedseed.privacy import private_scalar
 from fedseed.seeds import PURPOSE_POOL, PURPOSE_ROUNDING, PURPOSE_SCHEDULE, derive_seed
+from fedseed.settings import RunSettings
 from fedseed.zo import Snapshot, ZOEngine
 
 IMPORTANCE_LEVELS = 1024  # a in [0, 1] is quantised to 1/1024
@@ -62,51 +63,7 @@ def _exp_table() -> tuple[int, ...]:
 EXP_TABLE = _exp_table()
 
 
-AGGREGATORS = ("mean", "median", "trimmed-mean")
 CLIP_WINDOW = 5  # rounds (this one and the 4 before) whose |ĝ| set the clipping bound
-
-
-@dataclass(frozen=True)
-class FedKSeedConfig:
-    pool_size: int = 4096  # K candidate seeds (FedKSeed's default)
-    local_steps: int = 200  # tau: ZO steps per selected client per round
-    lr: float = 3e-7  # the FedKSeed README's runs
-    eps: float = 5e-4
-    importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
-    # Robustness (fedseed.rounds.FedKSeedRounds.aggregate). Every participant derives the same
-    # bound, scores and rejections from the round's bytes, so replicas stay identical.
-    clip_factor: float = 8.0  # |ĝ| is clipped to factor x median |ĝ| of recent rounds; 0 = off
-    replicas: int = 1  # clients per seed schedule: r > 1 lets a per-seed median/trimmed mean vote
-    aggregator: str = "mean"  # how the r values of one (schedule, step) combine: mean|median|trimmed-mean
-    trim: float = 0.25  # trimmed-mean: share of values dropped at each end
-    reject_anomaly: float = 0.0  # drop a client's round when its anomaly score exceeds this; 0 = keep all
-    # Differential privacy of each sent scalar (fedseed.privacy): per-example clip and noise multiplier.
-    dp_clip: float = 0.0  # per-example |g_i| bound C; 0 = no DP
-    dp_noise: float = 0.0  # Gaussian noise std = dp_noise x C / batch, from the OS CSPRNG
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.pool_size <= 1 << 20:
-            raise ConfigError(f"pool_size must be in [1, 2**20], got {self.pool_size}")
-        if self.local_steps < 1:
-            raise ConfigError(f"local_steps must be >= 1, got {self.local_steps}")
-        if not (self.lr > 0 and self.eps > 0):
-            raise ConfigError("lr and eps must be positive")
-        if not (self.clip_factor >= 0 and math.isfinite(self.clip_factor)):
-            raise ConfigError(f"clip_factor must be >= 0 (0 = off), got {self.clip_factor}")
-        if self.replicas < 1:
-            raise ConfigError(f"replicas must be >= 1, got {self.replicas}")
-        if self.aggregator not in AGGREGATORS:
-            raise ConfigError(
-                f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}"
-            )
-        if not 0 <= self.trim < 0.5:
-            raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
-        if not (self.reject_anomaly >= 0 and math.isfinite(self.reject_anomaly)):
-            raise ConfigError(f"reject_anomaly must be >= 0 (0 = off), got {self.reject_anomaly}")
-        if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip + self.dp_noise)):
-            raise ConfigError("dp_clip and dp_noise must be finite and >= 0")
-        if self.dp_noise > 0 and self.dp_clip == 0:
-            raise ConfigError("dp_noise needs dp_clip > 0 (the noise is scaled to the clipping bound)")
 
 
 def combine(values: Sequence[float], aggregator: str, trim: float) -> float:
@@ -216,12 +173,16 @@ class ClosedRound:
 class FedKSeedRounds:
     """The transport-free round logic of one run (coordinator and clients alike)."""
 
-    def __init__(self, config: FedKSeedConfig, key: bytes, codec: Codec) -> None:
+    def __init__(self, config: RunSettings, key: bytes, codec: Codec | None = None) -> None:
         self.config = config
         self.key = key
-        self.codec = codec
+        self.codec = codec or codec_named(config.codec)
         self.seeds = pool_seeds(key, config.pool_size)
-        self.importance = Importance(config.pool_size)
+        self.reset()
+
+    def reset(self) -> None:
+        """The state before round 0 (what rounds have taught Pro and the clipping window is forgotten)."""
+        self.importance = Importance(self.config.pool_size)
         self.recent_magnitudes: deque[list[float]] = deque(maxlen=CLIP_WINDOW - 1)  # earlier rounds' |ĝ|
         self.last = RoundDiagnostics(math.inf, {}, {}, ())
 

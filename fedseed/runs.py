@@ -28,12 +28,13 @@ from typing import Any
 from torch import nn
 
 from fedseed import data, models, tasks
-from fedseed.codec import LogCodec
 from fedseed.errors import ConfigError, FedseedError, LedgerError
 from fedseed.ledger import Ledger, LedgerEntry
 from fedseed.manifest import Manifest
-from fedseed.rounds import ClosedRound, FedKSeedConfig, FedKSeedRounds
+from fedseed.replica import ledger_of
+from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import run_key
+from fedseed.settings import RunParams
 from fedseed.zo import TrainableSet, ZOEngine
 
 
@@ -109,18 +110,9 @@ def model_for_task(task: str) -> tuple[str, int, int]:
     )
 
 
-def entries_from_rounds(
-    config: FedKSeedConfig, run_name: str, codec: str, closed: Sequence[ClosedRound]
-) -> list[LedgerEntry]:
+def entries_from_rounds(params: RunParams, closed: Sequence[ClosedRound]) -> list[LedgerEntry]:
     """Each closed round's ledger step, derived from its reply bytes as every participant does."""
-    if codec != "log":
-        raise RunError(f"run uses codec {codec!r}; this version replays only 'log'")
-    rounds = FedKSeedRounds(config, run_key(run_name), LogCodec())
-    entries: list[LedgerEntry] = []
-    for r in closed:
-        plan = rounds.plan(r.round_index, r.sample_counts)
-        entries.extend(rounds.aggregate(plan, r.replies(config.local_steps)))
-    return entries
+    return ledger_of(FedKSeedRounds(params.settings, run_key(params.run_name)), closed)
 
 
 # -- the folder kinds ----------------------------------------------------------------------
@@ -213,9 +205,7 @@ def _training(folder: Path) -> RunRecord:
 def record_from_coordinator(
     path: Path,
     manifest: Manifest,
-    config: FedKSeedConfig,
-    run_name: str,
-    codec: str,
+    params: RunParams,
     closed: Sequence[ClosedRound],
     info: dict[str, Any],
 ) -> RunRecord:
@@ -227,9 +217,10 @@ def record_from_coordinator(
     def load() -> BaseModel:
         return build_base(model_name, num_labels, init_seed, manifest.trainable, "rademacher")
 
-    entries = entries_from_rounds(config, run_name, codec, closed)
+    entries = entries_from_rounds(params, closed)
     info = {"model": model_name, "task": manifest.task, **info}
-    return RunRecord("coordinator", path, run_name, manifest.base_model_hash, load, entries, len(closed),
+    return RunRecord("coordinator", path, params.run_name, manifest.base_model_hash, load, entries,
+                     len(closed),
                      hashes, info)  # fmt: skip
 
 

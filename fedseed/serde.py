@@ -7,20 +7,11 @@ transports (fedseed.server, fedseed.client) import the generated code
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from fedseed.errors import ConfigError
 from fedseed.manifest import Manifest
 from fedseed.proto import coordinator_pb2 as pb
-from fedseed.rounds import ClosedRound, FedKSeedConfig
-
-
-@dataclass(frozen=True)
-class RunParams:
-    """A run's public parameters: with the run name they derive every seed and schedule."""
-
-    run_name: str
-    config: FedKSeedConfig
-    codec: str = "log"
+from fedseed.rounds import ClosedRound
+from fedseed.settings import RunParams
 
 
 def manifest_to_proto(manifest: Manifest) -> pb.Manifest:
@@ -37,24 +28,18 @@ def manifest_from_proto(message: pb.Manifest) -> Manifest:
 
 
 def run_params_to_proto(params: RunParams) -> pb.RunParams:
-    c = params.config
     return pb.RunParams(
-        run_name=params.run_name, pool_size=c.pool_size, local_steps=c.local_steps,
-        lr=c.lr, eps=c.eps, importance=c.importance, codec=params.codec, clip_factor=c.clip_factor,
-        replicas=c.replicas, aggregator=c.aggregator, trim=c.trim, reject_anomaly=c.reject_anomaly,
-        dp_clip=c.dp_clip, dp_noise=c.dp_noise,
-    )  # fmt: skip
+        run_name=params.run_name, settings=params.canonical(), settings_hash=params.fingerprint()
+    )
 
 
 def run_params_from_proto(message: pb.RunParams) -> RunParams:
-    """Raises fedseed.errors.ConfigError for values no run could use."""
-    config = FedKSeedConfig(
-        pool_size=message.pool_size, local_steps=message.local_steps, lr=message.lr,
-        eps=message.eps, importance=message.importance, clip_factor=message.clip_factor,
-        replicas=message.replicas or 1, aggregator=message.aggregator or "mean", trim=message.trim,
-        reject_anomaly=message.reject_anomaly, dp_clip=message.dp_clip, dp_noise=message.dp_noise,
-    )  # fmt: skip
-    return RunParams(message.run_name, config, message.codec)
+    """Raises fedseed.errors.ConfigError for settings no run could use, or that this version
+    would not reproduce exactly (the hash of the re-encoded settings differs)."""
+    params = RunParams.from_canonical(message.settings, expected_fingerprint=message.settings_hash)
+    if params.run_name != message.run_name:
+        raise ConfigError(f"run_name {message.run_name!r} differs from the settings' {params.run_name!r}")
+    return params
 
 
 def closed_round_to_proto(closed: ClosedRound) -> pb.ClosedRound:

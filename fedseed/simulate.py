@@ -36,15 +36,16 @@ import torch
 from tqdm import tqdm
 
 from fedseed import data, models, partition, privacy, tasks
-from fedseed.codec import LogCodec
 from fedseed.curriculum import CurriculumConfig
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, model_hash
 from fedseed.local import LocalClient, RoundResult
-from fedseed.rounds import ClosedRound, FedKSeedConfig, FedKSeedRounds
+from fedseed.models import DEFAULT_TRAINABLE
+from fedseed.replica import Replica
+from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import PURPOSE_ATTACK, PURPOSE_DROPOUT, derive_seed, run_key
 from fedseed.selection import Candidate, SelectionConfig, select
-from fedseed.train import DEFAULT_TRAINABLE
+from fedseed.settings import RunSettings, settings_of
 from fedseed.zo import TrainableSet, ZOEngine
 
 log = logging.getLogger(__name__)
@@ -75,27 +76,21 @@ SUBMIT_OVERHEAD_B = 120
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(RunSettings):
+    """A simulation: the run's settings (RunSettings, the same keys at the top level) and its world."""
+
     run_name: str = "simulate-default"  # names the run folder; every seed and schedule derives from it
-    model: str = "smollm2"  # smollm2 (label words, binary) | minilm (classification head)
+    model: str = "smollm2"  # smollm2 (label words) | minilm (new head) | minilm-proto (class prototypes)
     dataset: str = "vader-movies"  # vader-movies|tweets|amazon|nyt, vader-all (4 domains), bbcnews (minilm)
     examples: int = 1200  # use the first N of the dataset's seeded shuffle (0 = all)
     test_size: int = 128  # held-out examples (never in any client's shard)
     num_clients: int = 20  # virtual clients, one data shard each
     clients_per_round: int = 4  # clients selected per round
     rounds: int = 10  # rounds to run
+    # RunSettings' keys, with defaults sized for a 2-core simulation (the rest keep RunSettings').
     local_steps: int = 5  # ZO steps per selected client per round: one byte each on the wire
-    pool_size: int = 4096  # K candidate seeds (FedKSeed)
     lr: float = 0.1  # ZO-SGD learning rate
     eps: float = 1e-3  # SPSA perturbation scale
-    importance: bool = False  # FedKSeed-Pro: sample seeds by learned importance
-    clip_factor: float = FedKSeedConfig.clip_factor  # clip |g| to this x median |g| of recent rounds; 0 = off
-    replicas: int = FedKSeedConfig.replicas  # clients per seed schedule (> 1: robust per-seed vote)
-    aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
-    trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
-    reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
-    dp_clip: float = FedKSeedConfig.dp_clip  # DP: per-example bound on each client's scalar; 0 = no DP
-    dp_noise: float = FedKSeedConfig.dp_noise  # DP: noise multiplier (std = dp_noise x dp_clip / batch)
     dp_delta: float = 1e-5  # DP: the delta at which epsilon is reported
     byzantine: int = 0  # clients 0..byzantine-1 attack (an experiment knob, never on in a real run)
     attack: str = "sign-flip"  # what a Byzantine client sends: sign-flip | max | random
@@ -143,15 +138,12 @@ class SimulationConfig:
             raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if not 0 <= self.byzantine <= self.num_clients:
             raise ConfigError(f"byzantine must be in [0, num_clients], got {self.byzantine}")
-        self.fedkseed  # noqa: B018  (validates)
+        super().__post_init__()
 
     @property
-    def fedkseed(self) -> FedKSeedConfig:
-        return FedKSeedConfig(
-            self.pool_size, self.local_steps, self.lr, self.eps, self.importance,
-            self.clip_factor, self.replicas, self.aggregator, self.trim, self.reject_anomaly,
-            self.dp_clip, self.dp_noise,
-        )  # fmt: skip
+    def fedkseed(self) -> RunSettings:
+        """The run's settings alone: what a coordinator of the same run is given."""
+        return settings_of(self)
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> SimulationConfig:
@@ -242,7 +234,9 @@ def build_model(config: SimulationConfig) -> tuple[tasks.Task, ZOEngine]:
     model, tokenizer = models.load_model(
         config.model, num_labels=data.NUM_CLASSES[config.dataset], init_seed=config.seed
     )
-    task = tasks.for_model(config.model, model, tokenizer, config.max_length)
+    task = tasks.for_model(
+        config.model, model, tokenizer, config.max_length, data.NUM_CLASSES[config.dataset]
+    )
     trainable = TrainableSet.from_model(
         model, include=list(config.trainable or DEFAULT_TRAINABLE[config.model])
     )
@@ -257,7 +251,7 @@ def task_id(config: SimulationConfig) -> str:
 def build(config: SimulationConfig) -> SimulationSetup:
     shards, test_set = load_data(config)
     task, engine = build_model(config)
-    rounds = FedKSeedRounds(config.fedkseed, run_key(config.run_name), LogCodec())
+    rounds = FedKSeedRounds(config.fedkseed, run_key(config.run_name))
     clients = [
         LocalClient(
             client_name(i), engine, task, shard, rounds, config.batch_size, config.curriculum,
@@ -376,6 +370,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
     joined = transport.join(with_scores=config.selection.policy != "uniform")
     scores = {name: score for name, (_, score) in joined.items()}
     history: list[ClosedRound] = []
+    replica = Replica(setup.rounds, setup.engine)  # the driver's copy follows the agreed rounds
     started = time.perf_counter()
     client_steps = bytes_up = bytes_down = 0
     steps_by_client: dict[str, int] = {}
@@ -391,7 +386,6 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             candidates = [Candidate(name, n, scores[name]) for name, (n, _) in sorted(joined.items())]
             chosen = select(config.selection, key, r, config.rounds, candidates, config.clients_per_round)
             counts = tuple(joined[n][0] for n in chosen)
-            plan = setup.rounds.plan(r, counts)
             live = {
                 slot: name for slot, name in enumerate(chosen) if not dropped(key, r, slot, config.dropout)
             }
@@ -414,10 +408,8 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
                     start_hashes.pop() if len(start_hashes) == 1 else "",
                 )
             )
-            entries = setup.rounds.aggregate(plan, replies)
+            entries = replica.apply(history[-1])
             diagnostics = setup.rounds.last
-            if entries:
-                setup.engine.apply([e.seed for e in entries], [e.coef for e in entries])
             for e in entries:
                 ledger.append(e)
             client_steps += len(replies) * config.local_steps

@@ -30,27 +30,19 @@ from fedseed import data, models, tasks
 from fedseed.codec import LogCodec, ScaledInt8Codec, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, LedgerEntry, model_hash
+from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.seeds import PURPOSE_PERTURB, PURPOSE_ROUNDING, derive_seed, run_key
 from fedseed.zo import STREAM_NAMES, TrainableSet, ZOEngine
 
 log = logging.getLogger(__name__)
 
-# Per model: which tensors a run trains unless told otherwise, and at what lr.
-# ZO's noise grows with the number of trainable parameters, so the CPU-sized
-# defaults are small: SmolLM2's final RMSNorm weight (576 parameters), which is
-# enough to fix the label-word bias of the zero-shot prompt (0.58 -> 0.70 in 80
-# steps, measured); for MiniLM, whose head is new, BitFit-style biases, norms and
-# the head (31,874 parameters), which learns far more slowly on 2 cores.
-DEFAULT_TRAINABLE = {
-    "minilm": ("bias$", "LayerNorm", "^classifier\\."),
-    "smollm2": ("^model\\.norm\\.weight$",),
-}
-DEFAULT_LR = {"minilm": 1e-2, "smollm2": 1e-1}
+# Per model: the ZO learning rate of its default trainable set.
+DEFAULT_LR = {"minilm": 1e-2, "minilm-proto": 1e-3, "smollm2": 1e-1}
 
 
 @dataclass
 class TrainConfig:
-    model: str = "smollm2"  # smollm2 | minilm
+    model: str = "smollm2"  # smollm2 | minilm | minilm-proto (MiniLM scored against class prototypes)
     domain: str = "movies"  # VADER domain
     trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
     steps: int = 80  # ZO steps (two forward passes each)

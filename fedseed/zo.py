@@ -183,13 +183,11 @@ class ZOEngine:
         mask: MaskFn | None = None,
         backend: perturb.Backend = "auto",
     ) -> None:
-        if not (math.isfinite(eps) and eps > 0):
-            raise ConfigError(f"eps must be a positive finite number, got {eps}")
         if distribution not in ("rademacher", "gaussian"):
             raise ConfigError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
         self.model = model
         self.trainable = trainable
-        self.eps = float(np.float32(eps))
+        self.set_eps(eps)
         self.distribution = distribution
         self.mask = mask
         self.backend = backend
@@ -397,6 +395,12 @@ class ZOEngine:
             return None
         g = (loss_plus - loss_minus) / (2.0 * self.eps)
         return StepResult(seed, g, 0.0, (loss_plus + loss_minus) / 2.0)
+
+    def set_eps(self, eps: float) -> None:
+        """The perturbation scale, as every participant uses it (float32-rounded)."""
+        if not (math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"eps must be a positive finite number, got {eps}")
+        self.eps = float(np.float32(eps))
 
     def apply(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
         """One ledger step: ``θ_t <- storage(θ_t + Σ_k coef_k z_k)`` for every trainable tensor."""

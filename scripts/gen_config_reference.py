@@ -23,8 +23,11 @@ FIELD_LINE = re.compile(r"^\s{4}(\w+):\s*[^=#]+?(?:=\s*(?P<default>[^#]*?))?\s*(
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """field name -> its trailing comment (or the comment lines just above it)."""
+    """field name -> its trailing comment (or the comment lines just above it), base classes first."""
     docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(_comments(base))
     above: list[str] = []
     for line in inspect.getsource(cls).splitlines():
         stripped = line.strip()
@@ -33,7 +36,7 @@ def _comments(cls: type) -> dict[str, str]:
             continue
         match = FIELD_LINE.match(line)
         if match and not stripped.startswith(("def ", "@", "class ")):
-            docs[match.group(1)] = match.group("doc") or " ".join(above)
+            docs[match.group(1)] = match.group("doc") or " ".join(above) or docs.get(match.group(1), "")
         above = []
     return docs
 
@@ -64,15 +67,44 @@ def _type(f: dataclasses.Field[Any]) -> str:
     return text.replace("|", "or")
 
 
-def section(title: str, cls: type, intro: str, skip: tuple[str, ...] = ()) -> str:
+def _rows(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> list[str]:
     docs = _comments(cls)
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    rows = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in skip:
+        if f.name in skip or (only and f.name not in only):
             continue
         meaning = docs.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{f.name}` | {_type(f)} | {_default(f)} | {meaning} |")
-    return f"## {title}\n\n{intro}\n\n" + "\n".join(rows) + "\n"
+    return rows
+
+
+HEADER = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+
+
+def section(title: str, cls: type, intro: str, skip: tuple[str, ...] = ()) -> str:
+    return f"## {title}\n\n{intro}\n\n" + "\n".join(HEADER + _rows(cls, skip)) + "\n"
+
+
+def run_section() -> str:
+    """The coordinator's [run]: the run's name, RunSettings (the one definition), the round rules."""
+    from fedseed.server.cli import ROUND_RULES
+    from fedseed.server.coordinator import CoordinatorConfig
+    from fedseed.settings import RunSettings
+
+    name = (
+        "| `name` | str | **required** | the run's name; every seed and schedule derives from it, "
+        "so it is public |"
+    )
+    rows = [*HEADER, name, *_rows(RunSettings), *_rows(CoordinatorConfig, only=ROUND_RULES)]
+    intro = (
+        "A coordinator config (`fedseed coordinator --config FILE`, example "
+        "`deploy/configs/coordinator.toml`): the run's name, its settings "
+        "(`fedseed.settings.RunSettings`, the one definition the database, the wire and the "
+        "simulator's top level derive from) and the round rules (`fedseed.server.coordinator."
+        "CoordinatorConfig`). A restarted coordinator must be given the same settings: the database "
+        "records them and refuses other ones, naming each difference."
+    )
+    return "## coordinator `[run]`\n\n" + intro + "\n\n" + "\n".join(rows) + "\n"
 
 
 def render() -> str:
@@ -80,7 +112,7 @@ def render() -> str:
     from fedseed.manifest import Manifest
     from fedseed.partition import PartitionConfig
     from fedseed.selection import SelectionConfig
-    from fedseed.server.cli import RunSettings, ServerSettings
+    from fedseed.server.cli import ServerSettings
     from fedseed.simulate import SimulationConfig
     from fedseed.train import TrainConfig
 
@@ -122,13 +154,7 @@ def render() -> str:
             "Single-process ZO fine-tuning (`fedseed.train.TrainConfig`); each key is a command-line "
             "flag (`--batch-size` for `batch_size`).",
         ),
-        section(
-            "coordinator `[run]`",
-            RunSettings,
-            "A coordinator config (`fedseed coordinator --config FILE`, example "
-            "`deploy/configs/coordinator.toml`): the run's public parameters "
-            "(`fedseed.server.cli.RunSettings`). A restarted coordinator must be given the same.",
-        ),
+        run_section(),
         section(
             "coordinator `[manifest]`",
             Manifest,

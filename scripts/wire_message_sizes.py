@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/wire_message_sizes.py
 
-Realistic contents: the example coordinator config's manifest (all-MiniLM-L6-v2's 28
-LayerNorm/head tensors), 3 clients per round, 10 local steps, 71-character model hashes,
+Realistic contents: the example coordinator config's manifest (all-MiniLM-L6-v2's 65
+bias/LayerNorm/head tensors), 3 clients per round, 10 local steps, 71-character model hashes,
 32-character idempotency keys. Sizes are protobuf bytes (gRPC adds a 5-byte frame header
 and HTTP/2 framing per call).
 """
@@ -32,7 +32,7 @@ def messages() -> dict[str, object]:
         start_hash=model_hash,
     )
     return {
-        "JoinRequest (manifest of 28 tensor names)": pb.JoinRequest(
+        f"JoinRequest (manifest of {len(config.manifest.trainable)} tensor names)": pb.JoinRequest(
             manifest=manifest, num_samples=200, client_name="client-0", score=0.69
         ),
         "JoinReply": pb.JoinReply(
@@ -58,7 +58,12 @@ def messages() -> dict[str, object]:
         f"SyncReply (one round, 3 x {steps} B)": pb.SyncReply(rounds=[closed], next_round=5),
         "LeaveRequest": pb.LeaveRequest(client_id=3),
         "StatusReply": pb.StatusReply(
-            next_round=5, clients=3, ledger_entries=50, latest_model_hash=model_hash
+            next_round=5,
+            clients=3,
+            ledger_entries=50,
+            latest_model_hash=model_hash,
+            latest_hash_round=4,
+            mismatches=1,
         ),
     }
 

@@ -31,9 +31,8 @@ from typing import Any, TypeVar
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.logs import configure
 from fedseed.manifest import Manifest
-from fedseed.rounds import FedKSeedConfig
 from fedseed.selection import SelectionConfig
-from fedseed.serde import RunParams
+from fedseed.settings import SETTING_NAMES, RunParams, settings_from_mapping
 
 from .app import create_server, stop_gracefully
 from .coordinator import Coordinator, CoordinatorConfig
@@ -42,29 +41,24 @@ from .store import CoordinatorStore
 log = logging.getLogger("fedseed.server")
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """``[run]``: the run's public parameters and round rules (shared by every participant)."""
+# [run] = the run's name, its settings (fedseed.settings.RunSettings: the one definition, also
+# what the database and the wire carry) and the coordinator's round rules (CoordinatorConfig).
+ROUND_RULES = ("rounds", "clients_per_round", "min_replies", "min_clients", "round_timeout_s")
 
-    name: str  # the run's name; every seed and schedule derives from it, so it is public
-    pool_size: int = FedKSeedConfig.pool_size  # K candidate seeds in the pool
-    local_steps: int = FedKSeedConfig.local_steps  # ZO steps per selected client per round, one byte each
-    lr: float = FedKSeedConfig.lr  # ZO-SGD learning rate
-    eps: float = FedKSeedConfig.eps  # SPSA perturbation scale
-    importance: bool = FedKSeedConfig.importance  # FedKSeed-Pro: sample seeds by learned importance
-    clip_factor: float = FedKSeedConfig.clip_factor  # clip |g| to this x median |g| of recent rounds; 0 = off
-    replicas: int = FedKSeedConfig.replicas  # clients per seed schedule (> 1: robust per-seed vote)
-    aggregator: str = FedKSeedConfig.aggregator  # mean | median | trimmed-mean over a schedule's replicas
-    trim: float = FedKSeedConfig.trim  # trimmed-mean: share of values dropped at each end
-    reject_anomaly: float = FedKSeedConfig.reject_anomaly  # leave out replies scoring above this; 0 = off
-    dp_clip: float = FedKSeedConfig.dp_clip  # DP: per-example bound on each client's scalar; 0 = no DP
-    dp_noise: float = FedKSeedConfig.dp_noise  # DP: noise multiplier (std = dp_noise x dp_clip / batch)
-    codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
-    rounds: int = CoordinatorConfig.rounds  # the run ends after this many closed rounds
-    clients_per_round: int = CoordinatorConfig.clients_per_round  # clients selected per round
-    min_replies: int = CoordinatorConfig.min_replies  # a late round closes with at least this many
-    min_clients: int = CoordinatorConfig.min_clients  # a round opens once this many are active (0: per round)
-    round_timeout_s: float = CoordinatorConfig.round_timeout_s  # a round's deadline, from its opening
+
+def run_table(raw: Any, where: str) -> tuple[RunParams, dict[str, Any]]:
+    """``[run]`` split into the run's identity and the round rules; unknown keys are named."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    valid = ("name", *SETTING_NAMES, *ROUND_RULES)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: missing setting 'name' (the run's name; every seed derives from it)")
+    settings = settings_from_mapping({k: v for k, v in raw.items() if k in SETTING_NAMES}, where)
+    return RunParams(name, settings), {k: v for k, v in raw.items() if k in ROUND_RULES}
 
 
 @dataclass(frozen=True)
@@ -117,25 +111,16 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     for name in ("run", "manifest"):
         if name not in raw:
             raise ConfigError(f"{path}: missing table [{name}]")
-    run = table(RunSettings, raw["run"], f"{path}: [run]")
-    manifest_raw = dict(raw["manifest"])
-    if isinstance(manifest_raw.get("trainable"), list):
+    params, round_rules = run_table(raw["run"], f"{path}: [run]")
+    manifest_raw = dict(raw["manifest"]) if isinstance(raw["manifest"], dict) else raw["manifest"]
+    if isinstance(manifest_raw, dict) and isinstance(manifest_raw.get("trainable"), list):
         manifest_raw["trainable"] = tuple(manifest_raw["trainable"])
     manifest = table(Manifest, manifest_raw, f"{path}: [manifest]")
-    fedkseed = FedKSeedConfig(
-        run.pool_size, run.local_steps, run.lr, run.eps, run.importance,
-        run.clip_factor, run.replicas, run.aggregator, run.trim, run.reject_anomaly,
-        run.dp_clip, run.dp_noise,
-    )  # fmt: skip
     config = CoordinatorConfig(
-        params=RunParams(run.name, fedkseed, run.codec),
+        params=params,
         manifest=manifest,
-        clients_per_round=run.clients_per_round,
-        min_replies=run.min_replies,
-        round_timeout_s=run.round_timeout_s,
-        rounds=run.rounds,
-        min_clients=run.min_clients,
         selection=table(SelectionConfig, raw.get("selection", {}), f"{path}: [selection]"),
+        **round_rules,
     )
     server = table(ServerSettings, raw.get("server", {}), f"{path}: [server]")
     if bool(server.tls_cert) != bool(server.tls_key):

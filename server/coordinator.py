@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.manifest import Manifest
-from fedseed.rounds import ClosedRound
+from fedseed.replica import Replica
+from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import run_key
 from fedseed.selection import Candidate, SelectionConfig, select
-from fedseed.serde import RunParams
+from fedseed.settings import RunParams
 
 from .metrics import CoordinatorMetrics
 from .store import CoordinatorStore, OpenRound, ReplyOutcome
 
 log = logging.getLogger(__name__)
+
+HASH_FORMAT = re.compile(r"sha256:[0-9a-f]{64}")  # fedseed.ledger.model_hash
 
 
 class ManifestMismatch(FedseedError):
@@ -46,9 +51,9 @@ class UnknownClient(FedseedError):
 class CoordinatorConfig:
     params: RunParams
     manifest: Manifest
-    clients_per_round: int = 3
+    clients_per_round: int = 3  # clients selected per round
     min_replies: int = 1  # a round past its deadline closes with at least this many replies
-    round_timeout_s: float = 120.0
+    round_timeout_s: float = 120.0  # a round's deadline, from its opening
     rounds: int = 10  # the run ends after this many closed rounds
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     # A round opens only when this many clients are active (0: clients_per_round). Selection
@@ -57,6 +62,12 @@ class CoordinatorConfig:
     min_clients: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("clients_per_round", "min_replies", "rounds", "min_clients"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if not isinstance(self.round_timeout_s, (int, float)) or isinstance(self.round_timeout_s, bool):
+            raise ConfigError(f"round_timeout_s must be a number, got {self.round_timeout_s!r}")
         if self.clients_per_round < 1 or not 1 <= self.min_replies <= self.clients_per_round:
             raise ConfigError("need clients_per_round >= 1 and 1 <= min_replies <= clients_per_round")
         if self.round_timeout_s <= 0 or self.rounds < 1:
@@ -90,6 +101,11 @@ class Coordinator:
         # close) happen one at a time.
         self._transition = threading.RLock()
         self._overdue_warned = -1  # last round whose missed deadline was logged
+        # A ledger-only replica (no model): how many entries the closed rounds define.
+        self.ledger = Replica(FedKSeedRounds(config.params.settings, self.key))
+        self.ledger_entries = 0
+        for closed in store.closed_rounds(-1, 1 << 30):
+            self.ledger_entries += len(self.ledger.apply(closed))
 
     def _notify(self) -> None:
         with self.changed:
@@ -175,7 +191,8 @@ class Coordinator:
         return current
 
     def _close(self, round_index: int) -> ClosedRound:
-        closed = self.store.close_round(round_index)
+        closed = self.store.close_round(round_index, self.clock())
+        self.ledger_entries += len(self.ledger.apply(closed))
         self.metrics.rounds_closed.inc()
         log.info(
             "round %d closed with slots %s", round_index, list(closed.replied_slots),
@@ -209,8 +226,8 @@ class Coordinator:
     def submit(
         self, client_id: int, round_index: int, slot: int, scalars: bytes, key: str, start_hash: str,
         score: float | None = None,
-    ) -> ReplyOutcome | str:  # fmt: skip
-        """Record a reply; "resync" when the client started from another state than its peers."""
+    ) -> ReplyOutcome:  # fmt: skip
+        """Record a reply; RESYNC when a majority of the round already started from another state."""
         self._known(client_id)
         if len(scalars) != self.config.params.config.local_steps:
             raise InvalidSubmission(
@@ -218,6 +235,8 @@ class Coordinator:
             )
         if not key:
             raise InvalidSubmission("idempotency_key must not be empty")
+        if not HASH_FORMAT.fullmatch(start_hash):
+            raise InvalidSubmission("start_hash must be 'sha256:' and 64 lowercase hex digits")
         current = self.store.current_round()
         if current is None or current.round_index != round_index:
             previous = self.store.replies(round_index).get(slot)
@@ -231,18 +250,33 @@ class Coordinator:
         with self._transition:
             return self._record(current, client_id, round_index, slot, scalars, key, start_hash, score)
 
+    def agreed_so_far(self, round_index: int, slots: int) -> str:
+        """The start hash more than half of the round's slots already claimed, or ""."""
+        claimed = [h for _, h in self.store.replies(round_index).values()]
+        counts = Counter(claimed)
+        for value, count in counts.items():
+            if 2 * count > slots:
+                return value
+        return ""
+
     def _record(
         self, current: OpenRound, client_id: int, round_index: int, slot: int, scalars: bytes, key: str,
         start_hash: str, score: float | None,
-    ) -> ReplyOutcome | str:  # fmt: skip
+    ) -> ReplyOutcome:  # fmt: skip
         if self.store.current_round() != current:
             return ReplyOutcome.LATE  # closed by the deadline meanwhile
-        peers = {h for s, (_, h) in self.store.replies(round_index).items() if s != slot}
-        if peers and start_hash not in peers:
+        agreed = self.agreed_so_far(round_index, len(current.slot_clients))
+        previous = self.store.replies(round_index).get(slot)
+        if agreed and start_hash != agreed and previous is None:
+            # A majority of the round's slots already started elsewhere: this reply can never
+            # count. The client heals (base + closed rounds) and submits again.
             log.warning(
-                "client %d started round %d from %s, peers from %s", client_id, round_index, start_hash, peers
-            )
-            return "resync"
+                "client %d started round %d from %s; the round's majority from %s: told to resync",
+                client_id, round_index, start_hash, agreed,
+            )  # fmt: skip
+            self.store.record_mismatch(round_index, client_id, start_hash, agreed, self.clock())
+            self.metrics.replies.labels(ReplyOutcome.RESYNC.value).inc()
+            return ReplyOutcome.RESYNC
         outcome = self.store.record_reply(
             round_index, slot, client_id, scalars, key, start_hash, _finite_or_none(score)
         )

@@ -58,6 +58,15 @@ def _record(store: CoordinatorStore, path: Path) -> RunRecord:
         },
         "reply_bytes": sum(b for _, _, b in participation.values()),
         "replies_per_round": [len(r.replied_slots) for r in closed],
+        "mismatches": [
+            {
+                "round": m.round_index,
+                "client": names.get(m.client_id, str(m.client_id)),
+                "claimed_hash": m.claimed_hash,
+                "agreed_hash": m.agreed_hash,
+            }
+            for m in store.mismatches()
+        ],
         "open_round": None
         if current is None
         else {
@@ -67,4 +76,4 @@ def _record(store: CoordinatorStore, path: Path) -> RunRecord:
             "deadline_in_s": round(current.deadline_unix - time.time(), 1),
         },
     }
-    return record_from_coordinator(path, manifest, params.config, params.run_name, params.codec, closed, info)
+    return record_from_coordinator(path, manifest, params, closed, info)

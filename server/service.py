@@ -30,7 +30,7 @@ _OUTCOMES = {
     ReplyOutcome.ACCEPTED: pb.SubmitReply.ACCEPTED,
     ReplyOutcome.DUPLICATE: pb.SubmitReply.DUPLICATE,
     ReplyOutcome.LATE: pb.SubmitReply.LATE,
-    "resync": pb.SubmitReply.RESYNC,
+    ReplyOutcome.RESYNC: pb.SubmitReply.RESYNC,
 }
 
 
@@ -103,7 +103,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"round {request.round} slot {request.slot} already holds another payload",
             )
-        return pb.SubmitReply(outcome=_OUTCOMES[outcome])
+        agreed = ""
+        if outcome is ReplyOutcome.RESYNC:
+            current = self.coordinator.store.current_round()
+            slots = len(current.slot_clients) if current else 0
+            agreed = self.coordinator.agreed_so_far(request.round, slots)
+        return pb.SubmitReply(outcome=_OUTCOMES[outcome], agreed_hash=agreed)
 
     @_abort_on_errors
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:
@@ -118,7 +123,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @_abort_on_errors
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         store = self.coordinator.store
-        return pb.StatusReply(next_round=store.next_round(), clients=len(store.clients()))
+        latest = store.closed_rounds(store.next_round() - 2, 1)
+        hash_round, latest_hash = 0, store.run()[0].base_model_hash  # type: ignore[index]
+        if latest and latest[0].start_hash:
+            hash_round, latest_hash = latest[0].round_index, latest[0].start_hash
+        return pb.StatusReply(
+            next_round=store.next_round(), clients=len(store.clients()),
+            ledger_entries=self.coordinator.ledger_entries, latest_model_hash=latest_hash,
+            latest_hash_round=hash_round, mismatches=len(store.mismatches()),
+        )  # fmt: skip
 
 
 class TokenAuth(grpc.ServerInterceptor):

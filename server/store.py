@@ -14,7 +14,8 @@ import enum
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ from typing import Any
 
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.manifest import Manifest
-from fedseed.rounds import ClosedRound, FedKSeedConfig
-from fedseed.serde import RunParams
+from fedseed.rounds import ClosedRound
+from fedseed.settings import SETTING_NAMES, RunParams, settings_from_mapping
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     sample_counts TEXT NOT NULL,     -- JSON list: n per slot
     deadline_unix REAL NOT NULL,
     closed INTEGER NOT NULL DEFAULT 0,
-    replied_slots TEXT               -- JSON list, set at close
+    replied_slots TEXT,              -- JSON list, set at close: the replies that count
+    agreed_hash TEXT                 -- set at close: the start hash a strict majority of replies claimed
 );
 CREATE TABLE IF NOT EXISTS replies (
     round INTEGER NOT NULL REFERENCES rounds(round),
@@ -54,6 +56,14 @@ CREATE TABLE IF NOT EXISTS replies (
     idempotency_key TEXT NOT NULL,
     start_hash TEXT NOT NULL,
     PRIMARY KEY (round, slot)
+);
+CREATE TABLE IF NOT EXISTS mismatches (   -- a reply whose start hash disagreed with its round's
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER NOT NULL,
+    client_id INTEGER NOT NULL REFERENCES clients(client_id),
+    claimed_hash TEXT NOT NULL,
+    agreed_hash TEXT NOT NULL,       -- "" when the round had no majority
+    at_unix REAL NOT NULL
 );
 """
 
@@ -67,6 +77,7 @@ class ReplyOutcome(enum.Enum):
     DUPLICATE = "duplicate"  # same key and bytes as before: counted once
     CONFLICT = "conflict"  # same slot, other key or bytes: rejected
     LATE = "late"  # the round is closed
+    RESYNC = "resync"  # started from another state than the round's majority: heal, then retry
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,15 @@ class OpenRound:
 
 
 @dataclass(frozen=True)
+class Mismatch:
+    round_index: int
+    client_id: int
+    claimed_hash: str
+    agreed_hash: str  # "" when the round had no majority
+    at_unix: float
+
+
+@dataclass(frozen=True)
 class ClientRow:
     client_id: int
     name: str
@@ -86,18 +106,14 @@ class ClientRow:
     score: float | None = None
 
 
-def _params_to_json(params: RunParams) -> str:
-    c = params.config
-    return json.dumps(
-        {"run_name": params.run_name, "codec": params.codec, "pool_size": c.pool_size,
-         "local_steps": c.local_steps, "lr": c.lr, "eps": c.eps, "importance": c.importance}
-    )  # fmt: skip
-
-
 def _params_from_json(text: str) -> RunParams:
+    """The run row: canonical settings (fedseed.settings). A database written before every
+    setting was stored holds a flat object of five; the rest were then always the defaults."""
     raw = json.loads(text)
-    config = FedKSeedConfig(raw["pool_size"], raw["local_steps"], raw["lr"], raw["eps"], raw["importance"])
-    return RunParams(raw["run_name"], config, raw["codec"])
+    if "settings" not in raw:
+        legacy = {k: v for k, v in raw.items() if k != "run_name"}
+        return RunParams(raw["run_name"], settings_from_mapping(legacy, "the database's run row"))
+    return RunParams.from_canonical(text)
 
 
 class CoordinatorStore:
@@ -116,6 +132,9 @@ class CoordinatorStore:
                     "it from a backup or start a new run on a new file"
                 )
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(rounds)")}
+            if "agreed_hash" not in columns:  # a database from before agreed hashes were recorded
+                self._db.execute("ALTER TABLE rounds ADD COLUMN agreed_hash TEXT")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable coordinator database: {exc}") from exc
         self._lock = threading.Lock()  # gRPC serves from a thread pool
@@ -204,14 +223,20 @@ class CoordinatorStore:
                 "INSERT INTO run (id, manifest, params) VALUES (1, ?, ?)",
                 (
                     json.dumps({**manifest.__dict__, "trainable": list(manifest.trainable)}),
-                    _params_to_json(params),
+                    params.canonical().decode("utf-8"),
                 ),
             )
             return
         stored_manifest, stored_params = existing
         problems = stored_manifest.mismatches(manifest)
-        if stored_params != params:
-            problems.append(f"run parameters: database has {stored_params}, config has {params}")
+        if stored_params.run_name != params.run_name:
+            problems.append(
+                f"run name: database has {stored_params.run_name!r}, config has {params.run_name!r}"
+            )
+        for name in SETTING_NAMES:
+            mine, theirs = getattr(stored_params.settings, name), getattr(params.settings, name)
+            if mine != theirs:
+                problems.append(f"{name}: database has {mine!r}, config has {theirs!r}")
         if problems:
             raise ConfigError(f"{self.path} holds another run: " + "; ".join(problems))
 
@@ -321,19 +346,64 @@ class CoordinatorStore:
         )
         return {int(r[0]): (bytes(r[1]), str(r[2])) for r in rows}
 
-    def close_round(self, round_index: int) -> ClosedRound:
-        """Close the open round with the replies it has (stragglers are simply absent)."""
-        replied = sorted(self.replies(round_index))
-        self._write(
-            "UPDATE rounds SET closed = 1, replied_slots = ? WHERE round = ? AND closed = 0",
-            (json.dumps(replied), round_index),
-        )
+    def close_round(self, round_index: int, at_unix: float = 0.0) -> ClosedRound:
+        """Close the open round with the replies it has (stragglers are simply absent).
+
+        The round's agreed start hash is the one a strict majority of its replies claimed;
+        only those replies count. Every other reply is recorded as a mismatch (its sender
+        started from another state and heals). Without a majority no reply counts: the
+        round applies nothing and every reply is a mismatch (honest replicas rebuild to
+        the same bits; the diverged one is corrected).
+        """
+        replies = self.replies(round_index)
+        agreed = majority_hash([h for _, h in replies.values()])
+        counted = sorted(s for s, (_, h) in replies.items() if h == agreed)
+        with self._transaction():
+            clients = dict(
+                self._db.execute(
+                    "SELECT slot, client_id FROM replies WHERE round = ?", (round_index,)
+                ).fetchall()
+            )
+            for slot, (_, claimed) in sorted(replies.items()):
+                if claimed != agreed:
+                    self._db.execute(
+                        "INSERT INTO mismatches (round, client_id, claimed_hash, agreed_hash, at_unix) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (round_index, clients[slot], claimed, agreed, at_unix),
+                    )
+            self._db.execute(
+                "UPDATE rounds SET closed = 1, replied_slots = ?, agreed_hash = ? "
+                "WHERE round = ? AND closed = 0",
+                (json.dumps(counted), agreed, round_index),
+            )
         return self.closed_rounds(round_index - 1, 1)[0]
 
-    def closed_rounds(self, after_round: int, limit: int) -> list[ClosedRound]:
+    def record_mismatch(
+        self, round_index: int, client_id: int, claimed: str, agreed: str, at_unix: float
+    ) -> None:
+        self._write(
+            "INSERT INTO mismatches (round, client_id, claimed_hash, agreed_hash, at_unix) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (round_index, client_id, claimed, agreed, at_unix),
+        )
+
+    def mismatches(self) -> list[Mismatch]:
+        if not self._has_table("mismatches"):
+            return []
         rows = self._read(
-            "SELECT round, sample_counts, replied_slots FROM rounds WHERE closed = 1 AND round > ? "
-            "ORDER BY round LIMIT ?",
+            "SELECT round, client_id, claimed_hash, agreed_hash, at_unix FROM mismatches ORDER BY id"
+        )
+        return [Mismatch(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def closed_rounds(self, after_round: int, limit: int) -> list[ClosedRound]:
+        columns = {r[1] for r in self._read("PRAGMA table_info(rounds)")}
+        agreed_column = "agreed_hash" if "agreed_hash" in columns else "NULL"
+        rows = self._read(
+            f"SELECT round, sample_counts, replied_slots, {agreed_column} FROM rounds "
+            "WHERE closed = 1 AND round > ? ORDER BY round LIMIT ?",
             (after_round, limit),
         )
         result = []
@@ -342,7 +412,18 @@ class CoordinatorStore:
             replies = self.replies(round_index)
             slots = tuple(json.loads(r[2]))
             scalars = b"".join(replies[s][0] for s in slots)
-            hashes = {replies[s][1] for s in slots}
-            start_hash = hashes.pop() if len(hashes) == 1 else ""
+            if r[3] is not None:
+                start_hash = str(r[3])
+            else:  # closed before agreed hashes were recorded: the replies' common hash
+                hashes = {replies[s][1] for s in slots}
+                start_hash = hashes.pop() if len(hashes) == 1 else ""
             result.append(ClosedRound(round_index, tuple(json.loads(r[1])), slots, scalars, start_hash))
         return result
+
+
+def majority_hash(claimed: Sequence[str]) -> str:
+    """The hash more than half of ``claimed`` name, or "" when none does."""
+    if not claimed:
+        return ""
+    best, count = Counter(claimed).most_common(1)[0]
+    return best if 2 * count > len(claimed) else ""

@@ -24,10 +24,10 @@ from fedseed.report import status as report_status
 from fedseed.rounds import FedKSeedRounds
 from fedseed.runs import open_run
 from fedseed.seeds import run_key
-from fedseed.serde import RunParams
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
+from fedseed.settings import RunParams
 
 CONFIG = """
 run_name = "equivalence"
@@ -81,7 +81,7 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
     _, engine = simulate.build_model(config)
     manifest = build_manifest(engine.model, engine.trainable.names, simulate.task_id(config))
     coordinator_config = CoordinatorConfig(
-        params=RunParams(config.run_name, config.fedkseed, "log"), manifest=manifest,
+        params=RunParams(config.run_name, config.fedkseed), manifest=manifest,
         clients_per_round=config.clients_per_round, min_replies=config.clients_per_round,
         rounds=config.rounds, round_timeout_s=600, selection=config.selection, min_clients=config.num_clients,
     )  # fmt: skip

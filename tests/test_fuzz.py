@@ -24,13 +24,13 @@ from fedseed.errors import FedseedError
 from fedseed.ledger import Ledger
 from fedseed.manifest import Manifest
 from fedseed.proto import coordinator_pb2 as pb
-from fedseed.rounds import FedKSeedConfig, FedKSeedRounds
+from fedseed.rounds import FedKSeedRounds
 from fedseed.seeds import run_key
-from fedseed.serde import RunParams
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.probe import probe
 from fedseed.server.store import CoordinatorStore
+from fedseed.settings import RunParams, RunSettings
 
 EXAMPLES = int(os.environ.get("FEDSEED_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -90,7 +90,7 @@ def test_encoders_take_any_float(g: float, u: float) -> None:
         assert 0 <= byte <= 255
 
 
-ROUNDS_CONFIG = FedKSeedConfig(pool_size=16, local_steps=4, lr=0.1, eps=1e-3, replicas=2, aggregator="median")
+ROUNDS_CONFIG = RunSettings(pool_size=16, local_steps=4, lr=0.1, eps=1e-3, replicas=2, aggregator="median")
 
 
 @FUZZ
@@ -118,7 +118,7 @@ METHODS = ["Join", "GetTask", "Submit", "Sync", "Leave", "Status"]
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Coordinator, grpc.Channel, str]]:
     path = tmp_path_factory.mktemp("fuzz") / "coordinator.db"
     config = CoordinatorConfig(
-        RunParams("fuzz", FedKSeedConfig(pool_size=16, local_steps=4, lr=0.1, eps=1e-3)), MANIFEST,
+        RunParams("fuzz", RunSettings(pool_size=16, local_steps=4, lr=0.1, eps=1e-3)), MANIFEST,
         clients_per_round=2, min_replies=2, rounds=3,
     )  # fmt: skip
     coordinator = Coordinator(CoordinatorStore(path), config)

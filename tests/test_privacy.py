@@ -14,7 +14,7 @@ from fedseed import data, simulate, tasks
 from fedseed.errors import ConfigError
 from fedseed.export import export_run
 from fedseed.privacy import epsilon, private_scalar
-from fedseed.rounds import FedKSeedConfig
+from fedseed.settings import RunSettings
 from fedseed.zo import TrainableSet, ZOEngine
 
 
@@ -31,7 +31,7 @@ def test_epsilon_behaves_as_an_accountant_should() -> None:
 
 def test_noise_needs_a_clip() -> None:
     with pytest.raises(ConfigError, match="dp_noise needs dp_clip"):
-        FedKSeedConfig(dp_noise=1.0)
+        RunSettings(dp_noise=1.0)
 
 
 @pytest.fixture(scope="module")

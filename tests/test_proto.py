@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedseed.manifest import Manifest
-from fedseed.rounds import ClosedRound, FedKSeedConfig
+from fedseed.rounds import ClosedRound
 from fedseed.serde import (
     RunParams,
     closed_round_from_proto,
@@ -19,6 +20,7 @@ from fedseed.serde import (
     run_params_from_proto,
     run_params_to_proto,
 )
+from fedseed.settings import RunSettings
 from tests.conftest import REPO
 
 GENERATED = [
@@ -45,7 +47,7 @@ def test_committed_generated_code_is_not_stale(tmp_path: Path) -> None:
 def test_serde_round_trips() -> None:
     manifest = Manifest("philox4x32-10/rademacher/v1", "sha256:ab", "vader/label-word", ("a.weight", "b"))
     assert manifest_from_proto(manifest_to_proto(manifest)) == manifest
-    params = RunParams("run-1", FedKSeedConfig(pool_size=4096, local_steps=200, lr=3e-7, eps=5e-4), "log")
+    params = RunParams("run-1", RunSettings(pool_size=4096, local_steps=200, lr=3e-7, eps=5e-4))
     assert run_params_from_proto(run_params_to_proto(params)) == params  # lr travels exactly
     closed = ClosedRound(7, (10, 20, 30), (0, 2), bytes(range(8)), "sha256:cd")
     assert closed_round_from_proto(closed_round_to_proto(closed)) == closed
@@ -63,5 +65,7 @@ def test_run_params_that_cannot_work_are_refused() -> None:
     from fedseed.errors import ConfigError
     from fedseed.proto import coordinator_pb2 as pb
 
+    settings = b'{"run_name":"r","settings":{"pool_size":0}}'
+    announced = "sha256:" + hashlib.sha256(settings).hexdigest()
     with pytest.raises(ConfigError, match="pool_size"):
-        run_params_from_proto(pb.RunParams(run_name="r", pool_size=0, local_steps=1, lr=1.0, eps=1.0))
+        run_params_from_proto(pb.RunParams(run_name="r", settings=settings, settings_hash=announced))

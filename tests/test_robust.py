@@ -16,16 +16,16 @@ from fedseed import serde, simulate
 from fedseed.codec import LogCodec
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger
-from fedseed.rounds import FedKSeedConfig, FedKSeedRounds, combine
+from fedseed.rounds import FedKSeedRounds, combine
 from fedseed.seeds import run_key
-from fedseed.serde import RunParams
+from fedseed.settings import RunParams, RunSettings
 
 CODEC = LogCodec()
 STEPS = 8
 
 
 def _rounds(**robust: object) -> FedKSeedRounds:
-    config = FedKSeedConfig(pool_size=64, local_steps=STEPS, lr=0.01, eps=1e-3, **robust)  # type: ignore[arg-type]
+    config = RunSettings(pool_size=64, local_steps=STEPS, lr=0.01, eps=1e-3, **robust)  # type: ignore[arg-type]
     return FedKSeedRounds(config, run_key("robust"), CODEC)
 
 
@@ -99,14 +99,9 @@ def test_replicas_share_schedules_and_a_median_outvotes_a_sign_flipper() -> None
 
 
 def test_robust_settings_travel_in_run_params() -> None:
-    config = FedKSeedConfig(64, 8, 0.01, 1e-3, False, 4.0, 3, "trimmed-mean", 0.2, 2.5)
+    config = RunSettings(64, 8, 0.01, 1e-3, False, 4.0, 3, "trimmed-mean", 0.2, 2.5)
     params = RunParams("r", config)
     assert serde.run_params_from_proto(serde.run_params_to_proto(params)) == params
-    legacy = serde.run_params_to_proto(params)
-    legacy.ClearField("replicas")
-    legacy.ClearField("aggregator")
-    assert serde.run_params_from_proto(legacy).config.replicas == 1
-    assert serde.run_params_from_proto(legacy).config.aggregator == "mean"
 
 
 TINY = {

@@ -15,9 +15,9 @@ from fedseed.codec import LogCodec
 from fedseed.ledger import Ledger, model_hash, replay
 from fedseed.rounds import (
     EXP_TABLE,
-    FedKSeedConfig,
     FedKSeedRounds,
     Importance,
+    RunSettings,
     draw_index,
     finish_round,
     run_local_round,
@@ -27,7 +27,7 @@ from fedseed.zo import TrainableSet, ZOEngine
 
 
 def _rounds(importance: bool = False, pool_size: int = 64, local_steps: int = 8) -> FedKSeedRounds:
-    config = FedKSeedConfig(pool_size=pool_size, local_steps=local_steps, lr=1e-2, importance=importance)
+    config = RunSettings(pool_size=pool_size, local_steps=local_steps, lr=1e-2, importance=importance)
     return FedKSeedRounds(config, run_key("test-run"), LogCodec())
 
 

@@ -1,6 +1,6 @@
 """Perturbation stream v1: seed-addressed Rademacher signs, bit-exact everywhere.
 
-Three implementations of one arithmetic (``spec/perturbation-stream-v1.md``):
+Three implementations of one arithmetic (``docs/spec/perturbation-stream-v1.md``):
 
 - :mod:`~fedseed.perturb.reference`: torch integer ops, any device; the yardstick.
 - :mod:`~fedseed.perturb.cpu`: numba-compiled fused pass for float32/bfloat16 on CPU.

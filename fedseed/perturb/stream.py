@@ -1,4 +1,4 @@
-"""Addressing of perturbation stream v1 (``spec/perturbation-stream-v1.md``)."""
+"""Addressing of perturbation stream v1 (``docs/spec/perturbation-stream-v1.md``)."""
 
 from __future__ import annotations
 

@@ -64,73 +64,31 @@ Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
 
 @_typing.final
 class RunParams(_message.Message):
-    """The run's public parameters; with the run name they derive every seed."""
+    """The run's identity: its name and settings (fedseed.settings.RunSettings), as one canonical
+    encoding plus its hash. A client re-encodes what it parsed and refuses the run when the hash
+    differs: it would not reproduce the run exactly (an unknown setting, another version).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_NAME_FIELD_NUMBER: _builtins.int
-    POOL_SIZE_FIELD_NUMBER: _builtins.int
-    LOCAL_STEPS_FIELD_NUMBER: _builtins.int
-    LR_FIELD_NUMBER: _builtins.int
-    EPS_FIELD_NUMBER: _builtins.int
-    IMPORTANCE_FIELD_NUMBER: _builtins.int
-    CODEC_FIELD_NUMBER: _builtins.int
-    CLIP_FACTOR_FIELD_NUMBER: _builtins.int
-    REPLICAS_FIELD_NUMBER: _builtins.int
-    AGGREGATOR_FIELD_NUMBER: _builtins.int
-    TRIM_FIELD_NUMBER: _builtins.int
-    REJECT_ANOMALY_FIELD_NUMBER: _builtins.int
-    DP_CLIP_FIELD_NUMBER: _builtins.int
-    DP_NOISE_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_HASH_FIELD_NUMBER: _builtins.int
     run_name: _builtins.str
-    pool_size: _builtins.int
-    local_steps: _builtins.int
-    lr: _builtins.float
-    """exact: every participant computes -lr * g from this value"""
-    eps: _builtins.float
-    importance: _builtins.bool
-    """FedKSeed-Pro"""
-    codec: _builtins.str
-    """"log" (sign + 7-bit log magnitude)"""
-    clip_factor: _builtins.float
-    """Robust aggregation (fedseed.rounds.FedKSeedConfig); every participant applies the same rules.
-    clip |g| to this x the median |g| of recent rounds; 0 = off
-    """
-    replicas: _builtins.int
-    """clients per seed schedule (0 is read as 1)"""
-    aggregator: _builtins.str
-    """"mean" | "median" | "trimmed-mean" ("" is read as "mean")"""
-    trim: _builtins.float
-    """trimmed-mean: share dropped at each end"""
-    reject_anomaly: _builtins.float
-    """leave out a reply whose anomaly score exceeds this; 0 = keep all"""
-    dp_clip: _builtins.float
-    """Differential privacy of each scalar (fedseed.privacy), enforced by every client.
-    per-example bound on the projected gradient; 0 = no DP
-    """
-    dp_noise: _builtins.float
-    """noise multiplier: std = dp_noise x dp_clip / batch size"""
+    settings: _builtins.bytes
+    """canonical JSON {"run_name": ..., "settings": {...}} (sorted keys)"""
+    settings_hash: _builtins.str
+    """"sha256:" + hex of `settings`"""
     def __init__(
         self,
         *,
         run_name: _builtins.str = ...,
-        pool_size: _builtins.int = ...,
-        local_steps: _builtins.int = ...,
-        lr: _builtins.float = ...,
-        eps: _builtins.float = ...,
-        importance: _builtins.bool = ...,
-        codec: _builtins.str = ...,
-        clip_factor: _builtins.float = ...,
-        replicas: _builtins.int = ...,
-        aggregator: _builtins.str = ...,
-        trim: _builtins.float = ...,
-        reject_anomaly: _builtins.float = ...,
-        dp_clip: _builtins.float = ...,
-        dp_noise: _builtins.float = ...,
+        settings: _builtins.bytes = ...,
+        settings_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "clip_factor", b"clip_factor", "codec", b"codec", "dp_clip", b"dp_clip", "dp_noise", b"dp_noise", "eps", b"eps", "importance", b"importance", "local_steps", b"local_steps", "lr", b"lr", "pool_size", b"pool_size", "reject_anomaly", b"reject_anomaly", "replicas", b"replicas", "run_name", b"run_name", "trim", b"trim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_name", b"run_name", "settings", b"settings", "settings_hash", b"settings_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,7 +306,7 @@ class SubmitReply(_message.Message):
         LATE: SubmitReply._Outcome.ValueType  # 3
         """the round closed without it"""
         RESYNC: SubmitReply._Outcome.ValueType  # 4
-        """start_hash disagrees: sync, then continue"""
+        """start_hash disagrees with the round's: rebuild from base + sync, verify, continue"""
 
     class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
     OUTCOME_UNSPECIFIED: SubmitReply.Outcome.ValueType  # 0
@@ -359,18 +317,22 @@ class SubmitReply(_message.Message):
     LATE: SubmitReply.Outcome.ValueType  # 3
     """the round closed without it"""
     RESYNC: SubmitReply.Outcome.ValueType  # 4
-    """start_hash disagrees: sync, then continue"""
+    """start_hash disagrees with the round's: rebuild from base + sync, verify, continue"""
 
     OUTCOME_FIELD_NUMBER: _builtins.int
+    AGREED_HASH_FIELD_NUMBER: _builtins.int
     outcome: Global___SubmitReply.Outcome.ValueType
+    agreed_hash: _builtins.str
+    """with RESYNC: the start hash the round's majority claimed"""
     def __init__(
         self,
         *,
         outcome: Global___SubmitReply.Outcome.ValueType = ...,
+        agreed_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed_hash", b"agreed_hash", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,10 +484,19 @@ class StatusReply(_message.Message):
     CLIENTS_FIELD_NUMBER: _builtins.int
     LEDGER_ENTRIES_FIELD_NUMBER: _builtins.int
     LATEST_MODEL_HASH_FIELD_NUMBER: _builtins.int
+    LATEST_HASH_ROUND_FIELD_NUMBER: _builtins.int
+    MISMATCHES_FIELD_NUMBER: _builtins.int
     next_round: _builtins.int
+    """first round not yet closed"""
     clients: _builtins.int
+    """active clients"""
     ledger_entries: _builtins.int
+    """ledger entries the closed rounds define (derived from their bytes)"""
     latest_model_hash: _builtins.str
+    """the latest agreed model hash: the model after `latest_hash_round` rounds"""
+    latest_hash_round: _builtins.int
+    mismatches: _builtins.int
+    """replies whose start hash disagreed with their round's (recorded)"""
     def __init__(
         self,
         *,
@@ -533,10 +504,12 @@ class StatusReply(_message.Message):
         clients: _builtins.int = ...,
         ledger_entries: _builtins.int = ...,
         latest_model_hash: _builtins.str = ...,
+        latest_hash_round: _builtins.int = ...,
+        mismatches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "latest_model_hash", b"latest_model_hash", "ledger_entries", b"ledger_entries", "next_round", b"next_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "latest_hash_round", b"latest_hash_round", "latest_model_hash", b"latest_model_hash", "ledger_entries", b"ledger_entries", "mismatches", b"mismatches", "next_round", b"next_round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,8 +17,9 @@ from fedseed.client.flower_app import register, reply_from, task_content
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
 from fedseed.local import LocalClient
-from fedseed.rounds import FedKSeedConfig, FedKSeedRounds, run_local_round
+from fedseed.rounds import FedKSeedRounds, run_local_round
 from fedseed.seeds import run_key
+from fedseed.settings import RunSettings
 from fedseed.zo import TrainableSet, ZOEngine
 
 
@@ -33,9 +34,7 @@ def test_flower_internals_we_rely_on_are_unchanged() -> None:
 def _runtime(base: Any, tokenizer: Any) -> LocalClient:
     model = copy.deepcopy(base)
     engine = ZOEngine(model, TrainableSet.from_model(model, include=["LayerNorm", r"^classifier\."]))
-    rounds = FedKSeedRounds(
-        FedKSeedConfig(pool_size=32, local_steps=3, lr=1e-2), run_key("flower"), LogCodec()
-    )
+    rounds = FedKSeedRounds(RunSettings(pool_size=32, local_steps=3, lr=1e-2), run_key("flower"), LogCodec())
     shard = data.load_vader("movies")[:40]
     return LocalClient(
         "c1", engine, tasks.SequenceClassificationTask(model, tokenizer, max_length=32), shard, rounds

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fedseed.manifest import build_manifest
+from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.server.cli import load_config
 from fedseed.zo import TrainableSet
 from tests.conftest import REPO
@@ -22,7 +23,7 @@ EXAMPLE = REPO / "deploy" / "configs" / "coordinator.toml"
 def test_the_example_config_matches_the_model_clients_build(minilm: Any) -> None:
     config, server = load_config(EXAMPLE)
     base, _ = minilm
-    trainable = TrainableSet.from_model(base, include=["LayerNorm", r"^classifier\."])
+    trainable = TrainableSet.from_model(base, include=list(DEFAULT_TRAINABLE["minilm"]))
     assert config.manifest == build_manifest(base, trainable.names, "vader-movies/minilm-seqcls")
     assert server.token_env == "FEDSEED_TOKEN"
 

@@ -15,10 +15,19 @@ from typing import Any
 
 import pytest
 
+from fedseed.export import export_run
 from fedseed.manifest import build_manifest, manifest_toml
+from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.zo import TrainableSet
 
 TOKEN = "crash-test-token"
+# Every run setting away from its default (fedseed.settings.RunSettings), so that a restart
+# that dropped one would refuse the run or replay it under other rules. dp_noise stays 0:
+# its noise comes from the OS CSPRNG, so two runs could not end at the same hash.
+NON_DEFAULT_SETTINGS = (
+    "pool_size = 64\nlocal_steps = 3\nlr = 0.02\neps = 0.002\nimportance = true\nclip_factor = 4.0\n"
+    'replicas = 3\naggregator = "median"\ntrim = 0.2\nreject_anomaly = 50.0\ndp_clip = 20.0\n'
+)
 FEDSEED = [sys.executable, "-m", "fedseed"]
 
 
@@ -31,8 +40,9 @@ def _free_port() -> int:
 def _config(tmp_path: Path, manifest_block: str) -> Path:
     path = tmp_path / "coordinator.toml"
     path.write_text(
-        '[run]\nname = "crash-test"\npool_size = 64\nlocal_steps = 3\nlr = 0.01\neps = 0.001\n'
-        "rounds = 4\nclients_per_round = 3\nmin_replies = 3\nround_timeout_s = 300\n\n"
+        '[run]\nname = "crash-test"\n'
+        + NON_DEFAULT_SETTINGS
+        + "rounds = 4\nclients_per_round = 3\nmin_replies = 3\nround_timeout_s = 300\n\n"
         '[server]\ntoken_env = "FEDSEED_TOKEN"\nlinger_s = 3\n\n' + manifest_block
     )
     return path
@@ -89,7 +99,7 @@ def test_a_killed_coordinator_restarts_and_the_run_ends_as_if_nothing_happened(
 ) -> None:
     # Prepare: the run's manifest from the clients' base model.
     base, _ = minilm
-    trainable = TrainableSet.from_model(base, include=["LayerNorm", r"^classifier\."])
+    trainable = TrainableSet.from_model(base, include=list(DEFAULT_TRAINABLE["minilm"]))
     config = _config(
         tmp_path, manifest_toml(build_manifest(base, trainable.names, "vader-movies/minilm-seqcls"))
     )
@@ -101,3 +111,6 @@ def test_a_killed_coordinator_restarts_and_the_run_ends_as_if_nothing_happened(
     assert len({s["model_hash"] for s in calm + crashed}) == 1
     assert sorted(_replies(tmp_path / "calm.db")) == sorted(_replies(tmp_path / "crashed.db"))
     assert len(_replies(tmp_path / "crashed.db")) == 4 * 3
+    # ... and the restarted coordinator's database rebuilds that very model under the run's rules.
+    report = export_run(tmp_path / "crashed.db", tmp_path / "exported", progress=False)
+    assert report.model_hash == crashed[0]["model_hash"] and report.rounds == 4

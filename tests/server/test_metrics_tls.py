@@ -19,17 +19,16 @@ from fedseed.manifest import Manifest
 from fedseed.perturb.stream import STREAM_NAME
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedConfig
-from fedseed.serde import RunParams
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
+from fedseed.settings import RunParams, RunSettings
 
 MANIFEST = Manifest(STREAM_NAME, "sha256:base", "t", ("w",))
 
 
 def _coordinator() -> Coordinator:
-    params = RunParams("metrics", FedKSeedConfig(pool_size=8, local_steps=2, lr=0.1, eps=0.1))
+    params = RunParams("metrics", RunSettings(pool_size=8, local_steps=2, lr=0.1, eps=0.1))
     return Coordinator(CoordinatorStore(":memory:"), CoordinatorConfig(params, MANIFEST, clients_per_round=1))
 
 

@@ -20,11 +20,11 @@ import pytest
 from fedseed.manifest import Manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedConfig
-from fedseed.serde import RunParams, manifest_to_proto
+from fedseed.serde import manifest_to_proto
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore, ReplyOutcome, StoreError
+from fedseed.settings import RunParams, RunSettings
 
 MANIFEST = Manifest("philox4x32-10/rademacher/v1", "sha256:" + "0" * 64, "disk", ("w",))
 TOKEN = [("authorization", "Bearer t")]
@@ -46,7 +46,7 @@ def _make_room(store: CoordinatorStore) -> None:
 
 def test_a_full_disk_fails_the_write_cleanly(tmp_path: Path) -> None:
     store = CoordinatorStore(tmp_path / "c.db")
-    store.init_run(MANIFEST, RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
+    store.init_run(MANIFEST, RunParams("disk", RunSettings(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
     alice = store.upsert_client("alice", 10)
     store.open_round(0, [alice], [10], deadline=1e12)
     _fill(store)
@@ -59,7 +59,7 @@ def test_a_full_disk_fails_the_write_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_submit_on_a_full_disk_is_unavailable_and_succeeds_on_retry(tmp_path: Path) -> None:
-    params = RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=STEPS, lr=0.1, eps=0.1))
+    params = RunParams("disk", RunSettings(pool_size=8, local_steps=STEPS, lr=0.1, eps=0.1))
     config = CoordinatorConfig(params, MANIFEST, clients_per_round=1, rounds=2)
     coordinator = Coordinator(CoordinatorStore(tmp_path / "c.db"), config)
     server, port, health = create_server(coordinator, token="t")
@@ -77,7 +77,7 @@ def test_a_submit_on_a_full_disk_is_unavailable_and_succeeds_on_retry(tmp_path: 
             assert task.WhichOneof("kind") == "task"
             submit = pb.SubmitRequest(
                 client_id=joined.client_id, round=task.task.round, slot=task.task.slot,
-                scalars=b"\x01" * STEPS, idempotency_key="k1", start_hash="sha256:h",
+                scalars=b"\x01" * STEPS, idempotency_key="k1", start_hash="sha256:" + "1" * 64,
             )  # fmt: skip
             _fill(coordinator.store)
             with pytest.raises(grpc.RpcError) as info:
@@ -103,7 +103,7 @@ def _coordinator_process(db: Path, config: Path, **popen: Any) -> subprocess.Com
 def test_a_damaged_database_is_refused_at_start_up(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     store = CoordinatorStore(db)
-    store.init_run(MANIFEST, RunParams("disk", FedKSeedConfig(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
+    store.init_run(MANIFEST, RunParams("disk", RunSettings(pool_size=8, local_steps=4, lr=0.1, eps=0.1)))
     for i in range(200):
         store.upsert_client(f"client-{i:04d}-" + "x" * 100, 10)
     store.close()

@@ -9,12 +9,11 @@ import pytest
 
 from fedseed.errors import ConfigError
 from fedseed.manifest import Manifest
-from fedseed.rounds import FedKSeedConfig
-from fedseed.serde import RunParams
 from fedseed.server.store import CoordinatorStore, ReplyOutcome, StoreError
+from fedseed.settings import RunParams, RunSettings
 
 MANIFEST = Manifest("philox4x32-10/rademacher/v1", "sha256:base", "vader/label-word", ("model.norm.weight",))
-PARAMS = RunParams("run", FedKSeedConfig(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3))
+PARAMS = RunParams("run", RunSettings(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3))
 
 
 @pytest.fixture(params=["memory", "file"])

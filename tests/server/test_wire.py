@@ -17,15 +17,16 @@ from fedseed import data, serde, tasks
 from fedseed.codec import LogCodec
 from fedseed.ledger import model_hash
 from fedseed.manifest import Manifest
+from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.perturb.stream import STREAM_NAME
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.rounds import FedKSeedConfig, FedKSeedRounds
+from fedseed.rounds import FedKSeedRounds
 from fedseed.seeds import run_key
-from fedseed.serde import RunParams
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
+from fedseed.settings import RunParams, RunSettings
 from fedseed.zo import TrainableSet, ZOEngine
 
 TOKEN = "s3cret"
@@ -39,9 +40,9 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     started: list[Any] = []
 
     def start(
-        manifest: Manifest, fedkseed: FedKSeedConfig | None = None, **overrides: Any
+        manifest: Manifest, fedkseed: RunSettings | None = None, **overrides: Any
     ) -> tuple[pb_grpc.CoordinatorStub, Coordinator, int]:
-        fedkseed = fedkseed or FedKSeedConfig(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3)
+        fedkseed = fedkseed or RunSettings(pool_size=64, local_steps=3, lr=1e-2, eps=1e-3)
         params = RunParams("wire-test", fedkseed)
         config = CoordinatorConfig(params=params, manifest=manifest, **overrides)
         coordinator = Coordinator(CoordinatorStore(tmp_path / "coordinator.db"), config)
@@ -94,7 +95,8 @@ def test_bad_submissions_are_rejected_and_leave_the_store_untouched(serve: Any) 
 
     def submit(**fields: Any) -> Any:
         base = {"client_id": joined.client_id, "round": task.round, "slot": task.slot,
-                "scalars": b"\x01\x02\x03", "idempotency_key": "k", "start_hash": "h"}  # fmt: skip
+                "scalars": b"\x01\x02\x03", "idempotency_key": "k",
+                "start_hash": "sha256:" + "1" * 64}  # fmt: skip
         return lambda: stub.Submit(pb.SubmitRequest(**{**base, **fields}), timeout=5, metadata=AUTH)
 
     # Execute / Assert
@@ -104,6 +106,7 @@ def test_bad_submissions_are_rejected_and_leave_the_store_untouched(serve: Any) 
     assert _code(submit(client_id=999))[0] == grpc.StatusCode.NOT_FOUND
     assert _code(submit(scalars=bytes(5 * 1024 * 1024)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # > 4 MiB
     assert _code(submit(idempotency_key=""))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(submit(start_hash="sha256:whatever"))[0] == grpc.StatusCode.INVALID_ARGUMENT  # not a hash
     assert coordinator.store.replies(task.round) == {}
     assert submit()().outcome == pb.SubmitReply.ACCEPTED
     assert submit()().outcome == pb.SubmitReply.DUPLICATE  # a retry counts once
@@ -124,7 +127,7 @@ def test_malformed_bytes_are_rejected_and_change_nothing(serve: Any) -> None:
 def test_three_client_processes_run_fedkseed_and_agree_every_round(serve: Any, minilm: Any) -> None:
     # Prepare: the run's manifest is the clients' model (MiniLM, init seed 0).
     base, _ = minilm
-    include = ["LayerNorm", r"^classifier\."]
+    include = list(DEFAULT_TRAINABLE["minilm"])  # what a plain `fedseed client` trains
     trainable = TrainableSet.from_model(base, include=include)
     manifest = Manifest(STREAM_NAME, model_hash(base), "vader-movies/minilm-seqcls", tuple(trainable.names))
     _, coordinator, port = serve(manifest, clients_per_round=3, rounds=3)
@@ -173,7 +176,7 @@ def test_three_smollm2_clients_learn_together(serve: Any, smollm2: Any) -> None:
     )
     # 2 rounds x 6 steps: enough to move held-out loss well past the margin (3 x 10 moved it
     # 0.307 -> 0.174), at less than half the CI time.
-    fedkseed = FedKSeedConfig(pool_size=256, local_steps=6, lr=0.1, eps=1e-3)
+    fedkseed = RunSettings(pool_size=256, local_steps=6, lr=0.1, eps=1e-3)
     _, coordinator, port = serve(manifest, fedkseed=fedkseed, clients_per_round=3, rounds=2)
 
     def client_command(i: int) -> list[str]:
@@ -215,14 +218,14 @@ def test_an_overdue_round_without_quorum_waits_and_says_so_once(
 ) -> None:
     # Prepare: a fake clock; two-client rounds needing both replies.
     now = [1000.0]
-    params = RunParams("overdue", FedKSeedConfig(pool_size=8, local_steps=3, lr=0.1, eps=0.1))
+    params = RunParams("overdue", RunSettings(pool_size=8, local_steps=3, lr=0.1, eps=0.1))
     config = CoordinatorConfig(params, TINY_MANIFEST, clients_per_round=2, min_replies=2, round_timeout_s=10)
     coordinator = Coordinator(CoordinatorStore(tmp_path / "c.db"), config, clock=lambda: now[0])
     a, _ = coordinator.join("a", TINY_MANIFEST, 5)
     b, _ = coordinator.join("b", TINY_MANIFEST, 5)
     task = coordinator.task(a)
     assert task is not None
-    coordinator.submit(a, task.round_index, task.slot, b"\x01\x02\x03", "k", "h")
+    coordinator.submit(a, task.round_index, task.slot, b"\x01\x02\x03", "k", "sha256:" + "1" * 64)
     # Execute: the deadline passes; clients keep polling.
     now[0] += 60
     with caplog.at_level("WARNING", logger="fedseed.server.coordinator"):
@@ -233,5 +236,5 @@ def test_an_overdue_round_without_quorum_waits_and_says_so_once(
     assert caplog.text.count("deadline passed") == 1
     other = coordinator.task(b)
     assert other is not None
-    coordinator.submit(b, other.round_index, other.slot, b"\x04\x05\x06", "k2", "h")
+    coordinator.submit(b, other.round_index, other.slot, b"\x04\x05\x06", "k2", "sha256:" + "1" * 64)
     assert coordinator.store.next_round() == 1
