@@ -17,13 +17,10 @@ Writes bench/results/catch_up.json (one row per lag, appended as each finishes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,9 @@ import grpc
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fault_injection import DelayProxy
 
 from fedseed import data, models, tasks
 from fedseed.client.runner import EdgeClient
@@ -47,44 +47,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "catch_up.json"
 TOKEN = "catch-up"
 SETTINGS = RunSettings(pool_size=4096, local_steps=10, lr=0.01, eps=1e-3)
 CLIENTS_PER_ROUND = 3
-
-
-class CountingProxy:
-    """Loopback TCP proxy counting the bytes each way (what the client's socket moves)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.up = self.down = 0
-        self._lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pump, args=(downstream, upstream, "up"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, downstream, "down"), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
-        try:
-            while chunk := src.recv(65536):
-                with self._lock:
-                    setattr(self, direction, getattr(self, direction) + len(chunk))
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def fill_rounds(coordinator: Coordinator, rounds: int, manifest: Any) -> None:
@@ -113,7 +75,7 @@ def measure(lag: int, workdir: Path) -> dict[str, Any]:
     fill_rounds(coordinator, lag, manifest)
     server, port, health = create_server(coordinator, token=TOKEN)
     server.start()
-    proxy = CountingProxy(port)
+    proxy = DelayProxy(port)
     channel = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
     task = tasks.for_model("minilm", model, tokenizer, 32)
     shard = data.load_vader("movies")[:64]
@@ -123,7 +85,7 @@ def measure(lag: int, workdir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         client.join()
         joined_at = time.perf_counter()
-        up_join, down_join = proxy.up, proxy.down
+        up_join, down_join = proxy.bytes["up"], proxy.bytes["down"]
         client.catch_up()
         caught_up = time.perf_counter()
         assert client.applied_rounds == lag
@@ -135,11 +97,12 @@ def measure(lag: int, workdir: Path) -> dict[str, Any]:
         channel.close()
         proxy.close()
         stop_gracefully(server, health, grace_s=1)
+    up, down = proxy.bytes["up"], proxy.bytes["down"]
     return {
         "rounds_late": lag, "local_steps": SETTINGS.local_steps, "clients_per_round": CLIENTS_PER_ROUND,
         "join_bytes_up": up_join, "join_bytes_down": down_join,
-        "catch_up_bytes_up": proxy.up - up_join, "catch_up_bytes_down": proxy.down - down_join,
-        "catch_up_bytes_per_round": round((proxy.up + proxy.down - up_join - down_join) / max(1, lag), 1),
+        "catch_up_bytes_up": up - up_join, "catch_up_bytes_down": down - down_join,
+        "catch_up_bytes_per_round": round((up + down - up_join - down_join) / max(1, lag), 1),
         "join_s": round(joined_at - started, 3), "catch_up_s": round(caught_up - joined_at, 3),
         "catch_up_ms_per_round": round(1000 * (caught_up - joined_at) / max(1, lag), 3),
         "heal_s": round(healed, 3), "heal_ms_per_round": round(1000 * healed / max(1, lag), 3),

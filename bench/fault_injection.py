@@ -86,10 +86,13 @@ class Coordinator:
 
 
 class DelayProxy:
-    """A TCP proxy on loopback that holds every chunk for ``delay_s`` in each direction (a slow link)."""
+    """A TCP proxy on loopback that holds every chunk for ``delay_s`` in each direction (a slow link).
 
-    def __init__(self, target_port: int, delay_s: float) -> None:
+    It also counts the bytes each way (``up``: towards the target), framing included."""
+
+    def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
         self.target_port, self.delay_s = target_port, delay_s
+        self.bytes = {"up": 0, "down": 0}
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closed = threading.Event()
@@ -106,13 +109,15 @@ class DelayProxy:
             except OSError:  # the coordinator is down: the client sees a reset and retries
                 downstream.close()
                 continue
-            for src, dst in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, direction in ((downstream, upstream, "up"), (upstream, downstream, "down")):
+                threading.Thread(target=self._pump, args=(src, dst, direction), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         try:
             while chunk := src.recv(65536):
-                time.sleep(self.delay_s)
+                self.bytes[direction] += len(chunk)  # one pump per direction: no other writer
+                if self.delay_s:
+                    time.sleep(self.delay_s)
                 dst.sendall(chunk)
         except OSError:
             pass
