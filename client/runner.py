@@ -13,7 +13,6 @@ so every client holds the same bits after every round.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -34,7 +33,7 @@ from fedseed.curriculum import ORDERINGS, PACINGS, SCORINGS, CurriculumConfig, p
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.ledger import model_hash
 from fedseed.local import SCORE_SAMPLES, LocalClient
-from fedseed.logs import configure
+from fedseed.logs import configure, print_json_line
 from fedseed.manifest import Manifest, build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
@@ -307,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         channel.close()
-    print(json.dumps(summary), flush=True)
+    print_json_line(summary)
     return 0
 
 

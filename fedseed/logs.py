@@ -9,8 +9,11 @@ without parsing prose.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
+import os
+import sys
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -48,3 +51,20 @@ def configure(component: str, json_lines: bool = False, level: int = logging.INF
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def print_json_line(record: object) -> None:
+    """Write one JSON object and its newline to stdout in a single write.
+
+    Several clients started with `&` share one terminal or pipe; `print` makes two
+    writes (text, then newline), and under PYTHONUNBUFFERED two processes' lines
+    interleave into one unparseable line. One write below PIPE_BUF is atomic."""
+    line = json.dumps(record) + "\n"
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation, ValueError):  # captured (pytest) or replaced stdout
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    os.write(fd, line.encode())

@@ -42,6 +42,7 @@ from fedseed import simulate, tasks
 from fedseed.codec import LogCodec, uniform_from_seed
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.ledger import Ledger, LedgerEntry, model_hash, replay
+from fedseed.logs import print_json_line
 from fedseed.manifest import build_manifest
 from fedseed.seeds import PURPOSE_PERTURB, PURPOSE_ROUNDING, derive_seed, run_key
 
@@ -220,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    print(json.dumps(summary), flush=True)
+    print_json_line(summary)
     return 3 if summary["lost_peer"] else 0
 
 
