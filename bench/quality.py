@@ -37,6 +37,7 @@ DEFAULT_CONFIG = REPO / "bench" / "configs" / "quality-cpu.toml"
 PARTITIONS: dict[str, dict[str, Any]] = {
     "iid": {"scheme": "iid"},
     "dirichlet-0.1": {"scheme": "dirichlet", "alpha": 0.1},
+    "dirichlet-0.5": {"scheme": "dirichlet", "alpha": 0.5},
     "domain": {"scheme": "domain"},
 }
 
@@ -100,7 +101,8 @@ def run_job(config: dict[str, Any], job: dict[str, Any], out_dir: str) -> dict[s
     budget = qm.Budget(**{**config["budget"], **task.get("budget", {})})
     fo = qm.FOSettings(**{**config["fo"], **task.get("fo", {})})
     sim = sim_config(config, job, Path(out_dir))
-    curve = qm.run_method(job["method"], sim, budget, fo, Path(out_dir) / job["method"])
+    recipes = {**config.get("recipes", {}), **task.get("recipes", {})}
+    curve = qm.run_method(job["method"], sim, budget, fo, Path(out_dir) / job["method"], recipes)
     return {
         **job, "points": [asdict(p) for p in curve.points], "forwards_per_step": curve.forwards_per_step,
         "bytes_per_client_round": curve.bytes_per_client_round, "trainable_params": curve.trainable_params,
@@ -280,10 +282,16 @@ def main(argv: list[str] | None = None) -> None:
     methods = set(args.methods.split(",")) if args.methods else None
     import quality_methods as qm
 
-    unknown = (methods or set()) - set(qm.METHODS)
+    known = set(qm.METHODS) | set(config.get("recipes", {}))
+    known |= {name for task in config["tasks"] for name in task.get("recipes", {})}
+    for task in config["tasks"]:  # a typo in a config fails now, not after an hour of other arms
+        bad = set(task.get("methods", config["methods"])) - known
+        if bad:
+            raise SystemExit(f"error: task {task['name']}: unknown method(s) {', '.join(sorted(bad))}")
+    unknown = (methods or set()) - known
     if unknown:
         raise SystemExit(
-            f"error: unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(qm.METHODS)}"
+            f"error: unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}"
         )
     todo = jobs(config, seeds, task_names, methods)
     if not todo:

@@ -335,8 +335,8 @@ def fedseed_simulated(
         rounds=budget.zo_rounds, local_steps=budget.zo_local_steps, out_dir=str(out_dir), progress=False,
         eval_every=max(1, budget.zo_rounds // budget.evals),
     )  # fmt: skip
-    for table, values in overrides.items():
-        settings[table] = {**settings[table], **values}
+    for name, value in overrides.items():  # a table merges into its table; a value replaces
+        settings[name] = {**settings[name], **value} if isinstance(value, dict) else value
     run_config = simulate.config_from_dict(settings)
     torch.manual_seed(config.seed)
     report = simulate.run_simulation(run_config)
@@ -364,11 +364,20 @@ FEDSEED_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def run_method(
-    method: str, config: simulate.SimulationConfig, budget: Budget, fo: FOSettings, out_dir: Path
+    method: str,
+    config: simulate.SimulationConfig,
+    budget: Budget,
+    fo: FOSettings,
+    out_dir: Path,
+    recipes: dict[str, dict[str, Any]] | None = None,
 ) -> Curve:
+    """``recipes``: a config's own fedseed arms, name -> simulate settings (e.g. a trainable
+    preset, directions, estimator and their lr), run like ``fedseed``."""
     started = time.perf_counter()
-    if method in FEDSEED_VARIANTS:
-        curve = fedseed_simulated(config, budget, out_dir, FEDSEED_VARIANTS[method])
+    recipes = recipes or {}
+    if method in FEDSEED_VARIANTS or method in recipes:
+        overrides = FEDSEED_VARIANTS.get(method) or recipes[method]
+        curve = fedseed_simulated(config, budget, out_dir, overrides)
     elif method.startswith("adamw-"):
         curve = adamw_centralized(config, method.removeprefix("adamw-"), budget, fo)
     elif method.startswith("fedavg-"):
@@ -378,7 +387,7 @@ def run_method(
     elif method in ("fedkseed", "fedkseed-pro"):
         curve = fedkseed_published(config, budget, importance=method == "fedkseed-pro")
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join((*METHODS, *recipes))}")
     curve.seconds = time.perf_counter() - started
     return curve
 

@@ -107,9 +107,8 @@ class EdgeClient:
         reply = self._call(self.stub.Join, request)
         params = serde.run_params_from_proto(reply.params)  # refuses a run it would not reproduce
         self.client_id = reply.client_id
-        self.engine.set_eps(params.settings.eps)  # every ZO setting comes from the run, none from here
         rounds = FedKSeedRounds(params.settings, run_key(params.run_name))
-        self.replica = Replica(rounds, self.engine, base=self.base)
+        self.replica = Replica(rounds, self.engine, base=self.base)  # eps, mask: the run's, none from here
         self.local = LocalClient(
             self.name, self.engine, self.task, self.shard, rounds, self.batch_size, self.curriculum,
             total_rounds=max(1, reply.total_rounds),
@@ -275,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(1)
             model, tokenizer = models.load_model(args.model, num_labels=2, init_seed=0)
             trainable = TrainableSet.from_model(
-                model, include=args.trainable or models.DEFAULT_TRAINABLE[args.model]
+                model, include=models.trainable_patterns(args.model, args.trainable or ())
             )
             task = tasks.for_model(args.model, model, tokenizer, args.max_length)
             manifest = build_manifest(model, trainable.names, tasks.TASK_IDS[args.model])

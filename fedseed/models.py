@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +158,37 @@ DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
     "minilm-proto": ("^bert\\..*bias$", "^bert\\..*LayerNorm"),  # the encoder's; its head is unused
     "smollm2": ("^model\\.norm\\.weight$",),
 }
+
+# Named trainable sets (``trainable = ["norms-biases"]``), per model; anything else is regexes.
+# "all" is MeZO's full-parameter set (tied weights once); MiniLM-proto's "all" leaves out the
+# classification head it never uses.
+TRAINABLE_PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "default": DEFAULT_TRAINABLE,
+    "all": {"minilm": ("",), "minilm-proto": ("^bert\\.",), "smollm2": ("",)},
+    "norms-biases": {
+        "minilm": ("bias$", "LayerNorm", "^classifier\\."),  # the new head must learn too
+        "minilm-proto": ("^bert\\..*bias$", "^bert\\..*LayerNorm"),
+        "smollm2": ("norm\\.weight$",),  # Llama blocks have no biases: every RMSNorm weight
+    },
+}
+
+
+def trainable_patterns(model: str, spec: Sequence[str]) -> tuple[str, ...]:
+    """The regexes behind a run's ``trainable`` setting: empty = the model's default, one preset
+    name (``all``, ``norms-biases``, ``default``), or regular expressions (checked here)."""
+    if not spec:
+        return DEFAULT_TRAINABLE[model]
+    presets = [p for p in spec if p in TRAINABLE_PRESETS]
+    if presets:
+        if len(spec) > 1:
+            raise ConfigError(f"trainable: the preset {presets[0]!r} must stand alone, not with {list(spec)}")
+        return TRAINABLE_PRESETS[presets[0]][model]
+    for pattern in spec:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"trainable: {pattern!r} is neither a preset ({', '.join(TRAINABLE_PRESETS)}) "
+                f"nor a valid regular expression ({exc})"
+            ) from exc
+    return tuple(spec)

@@ -42,13 +42,15 @@ class Replica:
     ) -> None:
         self.rounds = rounds
         self.engine = engine
+        if engine is not None:
+            engine.follow(rounds.config)  # eps and mask are the run's, whatever the engine was built with
         self.applied_rounds = applied_rounds
         self.base = base
 
     def entries(self, closed: ClosedRound) -> list[LedgerEntry]:
         """The round's ledger step from its bytes; advances the round logic's state."""
         plan = self.rounds.plan(closed.round_index, closed.sample_counts)
-        return self.rounds.aggregate(plan, closed.replies(self.rounds.config.local_steps))
+        return self.rounds.aggregate(plan, closed.replies(self.rounds.config.scalars_per_reply))
 
     def apply(self, closed: ClosedRound) -> list[LedgerEntry]:
         """Apply the next closed round (rounds must come in order, each once)."""

@@ -155,17 +155,18 @@ class ClosedRound:
     round_index: int
     sample_counts: tuple[int, ...]  # per slot of the plan
     replied_slots: tuple[int, ...]  # ascending
-    scalars: bytes  # local_steps bytes per replied slot, in replied_slots order
+    scalars: bytes  # scalars_per_reply bytes per replied slot, in replied_slots order
     start_hash: str  # model hash the replies started from (every replica's state before the round)
 
-    def replies(self, local_steps: int) -> dict[int, bytes]:
-        if len(self.scalars) != local_steps * len(self.replied_slots):
+    def replies(self, per_reply: int) -> dict[int, bytes]:
+        """Each replied slot's bytes (``per_reply`` = the run's ``scalars_per_reply``)."""
+        if len(self.scalars) != per_reply * len(self.replied_slots):
             raise ValueError(
                 f"round {self.round_index}: {len(self.scalars)} bytes for "
-                f"{len(self.replied_slots)} slots of {local_steps} steps"
+                f"{len(self.replied_slots)} slots of {per_reply} scalars"
             )
         return {
-            slot: self.scalars[i * local_steps : (i + 1) * local_steps]
+            slot: self.scalars[i * per_reply : (i + 1) * per_reply]
             for i, slot in enumerate(self.replied_slots)
         }
 
@@ -195,7 +196,7 @@ class FedKSeedRounds:
         weights = self.weights()
         # Slots in groups of `replicas` share one schedule (group = slot // replicas).
         groups = {
-            group: tuple(schedule(self.key, round_index, group, self.config.local_steps, weights))
+            group: tuple(schedule(self.key, round_index, group, self.config.scalars_per_reply, weights))
             for group in range((len(sample_counts) - 1) // self.config.replicas + 1)
         }
         schedules = tuple(groups[slot // self.config.replicas] for slot in range(len(sample_counts)))
@@ -218,10 +219,10 @@ class FedKSeedRounds:
         for slot, payload in replies.items():
             if not 0 <= slot < len(plan.schedules):
                 raise ValueError(f"no slot {slot} in round {plan.round_index}")
-            if len(payload) != config.local_steps:
+            if len(payload) != config.scalars_per_reply:
                 raise ValueError(
                     f"slot {slot} sent {len(payload)} bytes, round {plan.round_index} needs "
-                    f"{config.local_steps}"
+                    f"{config.scalars_per_reply}"
                 )
         slots = sorted(replies)
         decoded = {slot: [self.codec.decode(b) for b in replies[slot]] for slot in slots}
@@ -232,7 +233,9 @@ class FedKSeedRounds:
             if window:
                 bound = config.clip_factor * _median(window)
         self.recent_magnitudes.append(magnitudes)
-        values = {slot: [max(-bound, min(bound, g)) for g in decoded[slot]] for slot in slots}
+        values = {
+            slot: [applied_value(max(-bound, min(bound, g)), config) for g in decoded[slot]] for slot in slots
+        }
         clipped = {slot: sum(abs(g) > bound for g in decoded[slot]) for slot in slots}
         groups: dict[int, list[int]] = {}
         for slot in slots:
@@ -247,7 +250,8 @@ class FedKSeedRounds:
             members = kept[group]
             if not members:
                 continue
-            share = sum(plan.sample_counts[s] for s in members) / total_samples
+            # A step's q directions each apply 1/q of their value (the step's mean).
+            share = sum(plan.sample_counts[s] for s in members) / total_samples / config.directions
             for step, pool_index in enumerate(plan.schedules[members[0]]):
                 value = combine([values[s][step] for s in members], config.aggregator, config.trim)
                 totals[pool_index] = totals.get(pool_index, 0.0) + share * value
@@ -261,7 +265,7 @@ class FedKSeedRounds:
     def _anomaly(
         self, groups: Mapping[int, list[int]], values: Mapping[int, list[float]], clipped: Mapping[int, int]
     ) -> dict[int, float]:
-        steps = self.config.local_steps
+        steps = self.config.scalars_per_reply
         distances: dict[int, list[float]] = {}
         for members in groups.values():
             if len(members) < 2:
@@ -289,7 +293,7 @@ def run_local_round(
     loss_for_step: Callable[[int], Callable[[], torch.Tensor]],
     losses: list[float] | None = None,
 ) -> bytes:
-    """A selected client's work: its local ZO steps, one byte each.
+    """A selected client's work: its local ZO steps, one byte per (step, direction).
 
     With ``dp_clip`` set, ``loss_for_step`` must give per-example losses and each step's
     scalar is clipped and noised (:func:`fedseed.privacy.private_scalar`); no loss is reported.
@@ -302,25 +306,40 @@ def run_local_round(
     the round's start; :func:`finish_round` puts it where everyone agrees.
     """
     codec, lr, config = rounds.codec, rounds.config.lr, rounds.config
+    q = config.directions
     payload = bytearray()
-    for step, pool_index in enumerate(plan.schedules[slot]):
-        seed = rounds.seeds[pool_index]
-        g: float | None
-        if config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
-            g = private_scalar(engine, seed, loss_for_step(step), config.dp_clip, config.dp_noise)
-        else:
-            result = engine.estimate(seed, loss_for_step(step))
-            g = None if result is None else result.projected_grad
-            if result is not None and losses is not None:
-                losses.append(result.loss)
-        if g is None:
-            payload.append(0)
-            continue
-        draw = uniform_from_seed(derive_seed(rounds.key, PURPOSE_ROUNDING, plan.round_index, slot, step))
-        byte = codec.encode(g, draw)
-        engine.apply([seed], [float(np.float32(-lr * codec.decode(byte)))])
-        payload.append(byte)
+    for step in range(config.local_steps):
+        # All q directions are estimated at the step's start point; the step applies their mean.
+        seeds, coefs = [], []
+        for direction in range(q):
+            index = step * q + direction  # the scalar's position in the reply and the schedule
+            seed = rounds.seeds[plan.schedules[slot][index]]
+            g: float | None
+            if config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
+                g = private_scalar(engine, seed, loss_for_step(step), config.dp_clip, config.dp_noise)
+            else:
+                result = engine.estimate(seed, loss_for_step(step))
+                g = None if result is None else result.projected_grad
+                if result is not None and losses is not None:
+                    losses.append(result.loss)
+            if g is None:
+                payload.append(0)
+                continue
+            draw = uniform_from_seed(derive_seed(rounds.key, PURPOSE_ROUNDING, plan.round_index, slot, index))
+            byte = codec.encode(g, draw)
+            payload.append(byte)
+            seeds.append(seed)
+            coefs.append(float(np.float32(-lr * applied_value(codec.decode(byte), config) / q)))
+        if seeds:
+            engine.apply(seeds, coefs)
     return bytes(payload)
+
+
+def applied_value(decoded: float, config: RunSettings) -> float:
+    """What a decoded scalar contributes to an update under the run's estimator."""
+    if config.estimator == "sign":
+        return float(np.sign(decoded))
+    return decoded
 
 
 def finish_round(engine: ZOEngine, start: Snapshot, entries: Sequence[LedgerEntry]) -> None:

@@ -34,7 +34,7 @@ from fedseed.manifest import Manifest
 from fedseed.replica import ledger_of
 from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import run_key
-from fedseed.settings import RunParams
+from fedseed.settings import RunParams, RunSettings
 from fedseed.zo import TrainableSet, ZOEngine
 
 
@@ -76,7 +76,12 @@ def _exact(names: Sequence[str]) -> list[str]:
 
 
 def build_base(
-    model_name: str, num_labels: int, init_seed: int, trainable: Sequence[str], distribution: str
+    model_name: str,
+    num_labels: int,
+    init_seed: int,
+    trainable: Sequence[str],
+    distribution: str,
+    settings: RunSettings | None = None,
 ) -> BaseModel:
     """A built-in model with exactly the named trainable tensors (in the run's order)."""
     model, tokenizer = models.load_model(model_name, num_labels=num_labels, init_seed=init_seed)
@@ -86,7 +91,10 @@ def build_base(
             f"the run trains {len(trainable)} tensors that {model_name} does not have in that order "
             f"(found {len(chosen.names)}): was it made with another model?"
         )
-    return BaseModel(model, tokenizer, ZOEngine(model, chosen, distribution=distribution))  # type: ignore[arg-type]
+    engine = ZOEngine(model, chosen, distribution=distribution)  # type: ignore[arg-type]
+    if settings is not None:
+        engine.follow(settings)  # a replay applies under the run's mask
+    return BaseModel(model, tokenizer, engine)
 
 
 def model_for_task(task: str) -> tuple[str, int, int]:
@@ -215,7 +223,9 @@ def record_from_coordinator(
     hashes[0] = manifest.base_model_hash
 
     def load() -> BaseModel:
-        return build_base(model_name, num_labels, init_seed, manifest.trainable, "rademacher")
+        return build_base(
+            model_name, num_labels, init_seed, manifest.trainable, "rademacher", params.settings
+        )
 
     entries = entries_from_rounds(params, closed)
     info = {"model": model_name, "task": manifest.task, **info}

@@ -28,6 +28,7 @@ from typing import Any
 from fedseed.errors import ConfigError
 
 AGGREGATORS = ("mean", "median", "trimmed-mean")
+ESTIMATORS = ("spsa", "sign")  # what a step applies from its decoded scalar: ĝ, or sign(ĝ) (ZO-SGD-Sign)
 CODECS = ("log",)  # how a scalar travels as one byte (fedseed.codec); replicas replay these
 
 
@@ -50,6 +51,10 @@ class RunSettings:
     # Differential privacy of each sent scalar (fedseed.privacy): per-example clip and noise multiplier.
     dp_clip: float = 0.0  # DP: per-example bound on each client's scalar; 0 = no DP
     dp_noise: float = 0.0  # DP: noise multiplier (std = dp_noise x dp_clip / batch), OS CSPRNG
+    # The ZO recipe (docs/algorithms.md): every participant applies exactly this to the reply bytes.
+    directions: int = 1  # q directions per local step, one byte each; the step applies their mean
+    estimator: str = "spsa"  # spsa: apply ĝ | sign: apply sign(ĝ) (ZO-SGD-Sign, lr = step per sign)
+    mask_fraction: float = 1.0  # Sparse MeZO: perturb and update only the smallest-|θ| share of each tensor
     codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
 
     def __post_init__(self) -> None:
@@ -76,8 +81,21 @@ class RunSettings:
             raise ConfigError("dp_clip and dp_noise must be finite and >= 0")
         if self.dp_noise > 0 and self.dp_clip == 0:
             raise ConfigError("dp_noise needs dp_clip > 0 (the noise is scaled to the clipping bound)")
+        if not 1 <= self.directions <= 64:
+            raise ConfigError(f"directions must be in [1, 64], got {self.directions}")
+        if self.local_steps * self.directions > 1 << 16:
+            raise ConfigError("local_steps x directions (bytes per reply) must be at most 65536")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if not 0.0 < self.mask_fraction <= 1.0:
+            raise ConfigError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
+
+    @property
+    def scalars_per_reply(self) -> int:
+        """Bytes a selected client sends per round: one per (local step, direction)."""
+        return self.local_steps * self.directions
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))

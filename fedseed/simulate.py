@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 import tomllib
@@ -40,7 +41,6 @@ from fedseed.curriculum import CurriculumConfig
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, model_hash
 from fedseed.local import LocalClient, RoundResult
-from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.replica import Replica
 from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import PURPOSE_ATTACK, PURPOSE_DROPOUT, derive_seed, run_key
@@ -96,11 +96,12 @@ class SimulationConfig(RunSettings):
     attack: str = "sign-flip"  # what a Byzantine client sends: sign-flip | max | random
     batch_size: int = 8  # examples per ZO step
     max_length: int = 48  # tokens per example
-    trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
+    trainable: tuple[str, ...] = ()  # a preset (all | norms-biases | default) or regexes; empty = default
     dropout: float = 0.0  # probability that a selected client never replies in a round
     eval_every: int = 5  # rounds between held-out evaluations (the last round always)
     seed: int = 0  # data shuffle, partition, new-head init
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "cpu"  # where the model and batches live: cpu | cuda | cuda:N (same bits: spec v1)
     engine: str = "inprocess"  # inprocess | flower (Flower's Simulation Engine, Ray)
     out_dir: Path = Path("runs")  # parent of the run folder
     progress: bool = True  # a progress bar on a terminal, a log line per round elsewhere
@@ -128,6 +129,8 @@ class SimulationConfig(RunSettings):
             )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex, now
+        check_device(self.device)
         if self.partition.num_clients != self.num_clients:  # one setting, at the top level
             object.__setattr__(
                 self, "partition", dataclasses.replace(self.partition, num_clients=self.num_clients)
@@ -228,19 +231,35 @@ def load_data(config: SimulationConfig) -> tuple[list[list[data.Example]], list[
     return [[pool[j] for j in shard] for shard in shards], test_set
 
 
+def check_device(device: str) -> None:
+    """A device this machine has, or one line saying why not."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f'device {device!r}: this machine has no CUDA device (use device = "cpu")')
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def build_model(config: SimulationConfig) -> tuple[tasks.Task, ZOEngine]:
     if config.threads:
         torch.set_num_threads(config.threads)
     model, tokenizer = models.load_model(
         config.model, num_labels=data.NUM_CLASSES[config.dataset], init_seed=config.seed
     )
+    model = model.to(config.device)  # the base hash is of the bits, wherever they are
     task = tasks.for_model(
         config.model, model, tokenizer, config.max_length, data.NUM_CLASSES[config.dataset]
     )
     trainable = TrainableSet.from_model(
-        model, include=list(config.trainable or DEFAULT_TRAINABLE[config.model])
+        model, include=list(models.trainable_patterns(config.model, config.trainable))
     )
-    return task, ZOEngine(model, trainable, eps=config.eps)
+    engine = ZOEngine(model, trainable)
+    engine.follow(config)  # the run's eps and mask (a SimulationConfig is a RunSettings)
+    return task, engine
 
 
 def task_id(config: SimulationConfig) -> str:

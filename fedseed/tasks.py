@@ -70,7 +70,7 @@ class SequenceClassificationTask:
         )  # fmt: skip
         enc = dict(enc)
         enc["labels"] = torch.tensor([e.label for e in batch])
-        return enc
+        return on_model_device(enc, self.model)
 
     def logits(self, encoded: Encoded) -> torch.Tensor:
         inputs = {k: v for k, v in encoded.items() if k != "labels"}
@@ -114,14 +114,14 @@ class LabelWordTask:
             texts.append(self.template.format(text=self.tokenizer.decode(ids)))
         enc = dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
         enc["labels"] = torch.tensor([e.label for e in batch])
-        return enc
+        return on_model_device(enc, self.model)
 
     def logits(self, encoded: Encoded) -> torch.Tensor:
         out = self.model(
             input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], logits_to_keep=1
         )
         last = out.logits[:, -1, :]  # left padding: the last position is the prompt's end
-        return last[:, self.label_token_ids]  # [batch, num_labels]
+        return last[:, self.label_token_ids.to(last.device)]  # [batch, num_labels]
 
 
 class PrototypeTask:
@@ -174,15 +174,16 @@ class PrototypeTask:
             )
         )  # fmt: skip
         enc["labels"] = torch.tensor([e.label for e in batch])
-        return enc
+        return on_model_device(enc, self.model)
 
     def logits(self, encoded: Encoded) -> torch.Tensor:
         # One forward for the batch and the descriptions together: both see the same weights,
         # also inside a perturbed evaluation.
         n = encoded["input_ids"].shape[0]
         width = max(encoded["input_ids"].shape[1], self._prompts["input_ids"].shape[1])
+        device = encoded["input_ids"].device
         joined: Encoded = {
-            key: torch.cat([_pad(encoded[key], width), _pad(self._prompts[key], width)])
+            key: torch.cat([_pad(encoded[key], width), _pad(self._prompts[key].to(device), width)])
             for key in ("input_ids", "attention_mask", "token_type_ids")
             if key in encoded
         }
@@ -193,6 +194,14 @@ class PrototypeTask:
             torch.stack([chunk.mean(0) for chunk in torch.split(prompts, sizes)]), dim=-1
         )
         return texts @ prototypes.T / self.temperature  # [batch, classes]
+
+
+def on_model_device(encoded: Encoded, model: nn.Module) -> Encoded:
+    """The batch's tensors where the model's parameters are (a ``device = "cuda"`` run)."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return encoded
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items()}
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

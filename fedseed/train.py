@@ -30,7 +30,6 @@ from fedseed import data, models, tasks
 from fedseed.codec import LogCodec, ScaledInt8Codec, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, LedgerEntry, model_hash
-from fedseed.models import DEFAULT_TRAINABLE
 from fedseed.seeds import PURPOSE_PERTURB, PURPOSE_ROUNDING, derive_seed, run_key
 from fedseed.zo import STREAM_NAMES, TrainableSet, ZOEngine
 
@@ -44,7 +43,7 @@ DEFAULT_LR = {"minilm": 1e-2, "minilm-proto": 1e-3, "smollm2": 1e-1}
 class TrainConfig:
     model: str = "smollm2"  # smollm2 | minilm | minilm-proto (MiniLM scored against class prototypes)
     domain: str = "movies"  # VADER domain
-    trainable: tuple[str, ...] = ()  # regexes over parameter names; empty = the model's default
+    trainable: tuple[str, ...] = ()  # a preset (all | norms-biases | default) or regexes; empty = default
     steps: int = 80  # ZO steps (two forward passes each)
     batch_size: int = 16  # examples per step
     max_length: int = 48  # tokens per example
@@ -61,6 +60,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model not in models.MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODEL_NAMES)}")
+        models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex
         for name in ("steps", "batch_size", "max_length", "eval_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -127,7 +127,7 @@ def run_training(config: TrainConfig) -> TrainReport:
     # 1. data and model
     train_set, test_set = data.split(data.load_vader(config.domain), config.eval_size, config.seed)
     task = build_task(config)
-    patterns = config.trainable or DEFAULT_TRAINABLE[config.model]
+    patterns = models.trainable_patterns(config.model, config.trainable)
     trainable = TrainableSet.from_model(task.model, include=patterns)
     engine = ZOEngine(
         task.model,

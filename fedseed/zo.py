@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from torch import nn
 from fedseed import perturb
 from fedseed.errors import ConfigError, DuplicateTensorIdError, UnsupportedDtypeError
 from fedseed.perturb.stream import Seed, as_seed
+
+if TYPE_CHECKING:
+    from fedseed.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,10 @@ class TrainableSet:
 
     def __init__(self, tensors: Sequence[TrainableTensor]) -> None:
         if not tensors:
-            raise ConfigError("no trainable tensors selected: check the include/exclude patterns")
+            raise ConfigError(
+                "no trainable tensors selected: check the trainable patterns (or name a preset: "
+                "all, norms-biases, default)"
+            )
         by_id: dict[int, str] = {}
         for t in tensors:
             if t.param.dtype not in perturb.EXACT_DTYPES:
@@ -401,6 +407,11 @@ class ZOEngine:
         if not (math.isfinite(eps) and eps > 0):
             raise ConfigError(f"eps must be a positive finite number, got {eps}")
         self.eps = float(np.float32(eps))
+
+    def follow(self, settings: RunSettings) -> None:
+        """Perturb and update under a run's rules: its eps and its Sparse MeZO mask."""
+        self.set_eps(settings.eps)
+        self.mask = MagnitudeMask(settings.mask_fraction) if settings.mask_fraction < 1.0 else None
 
     def apply(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
         """One ledger step: ``θ_t <- storage(θ_t + Σ_k coef_k z_k)`` for every trainable tensor."""

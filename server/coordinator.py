@@ -229,10 +229,9 @@ class Coordinator:
     ) -> ReplyOutcome:  # fmt: skip
         """Record a reply; RESYNC when a majority of the round already started from another state."""
         self._known(client_id)
-        if len(scalars) != self.config.params.config.local_steps:
-            raise InvalidSubmission(
-                f"{len(scalars)} scalars, the run needs {self.config.params.config.local_steps} per round"
-            )
+        needed = self.config.params.config.scalars_per_reply
+        if len(scalars) != needed:
+            raise InvalidSubmission(f"{len(scalars)} scalars, the run needs {needed} per round")
         if not key:
             raise InvalidSubmission("idempotency_key must not be empty")
         if not HASH_FORMAT.fullmatch(start_hash):

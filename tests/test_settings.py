@@ -24,7 +24,14 @@ from fedseed.rounds import FedKSeedRounds
 from fedseed.seeds import run_key
 from fedseed.server.cli import load_config
 from fedseed.server.store import CoordinatorStore
-from fedseed.settings import AGGREGATORS, SETTING_NAMES, RunParams, RunSettings, settings_from_mapping
+from fedseed.settings import (
+    AGGREGATORS,
+    ESTIMATORS,
+    SETTING_NAMES,
+    RunParams,
+    RunSettings,
+    settings_from_mapping,
+)
 
 MANIFEST = Manifest(STREAM_NAME, "sha256:" + "0" * 64, "settings", ("w",))
 positive = st.floats(min_value=1e-9, max_value=10.0, allow_nan=False, allow_infinity=False)
@@ -47,6 +54,9 @@ def run_settings(draw: st.DrawFn) -> RunSettings:
         reject_anomaly=draw(non_negative),
         dp_clip=dp_clip,
         dp_noise=draw(non_negative) if dp_clip > 0 else 0.0,
+        directions=draw(st.integers(1, 8)),
+        estimator=draw(st.sampled_from(ESTIMATORS)),
+        mask_fraction=draw(st.floats(min_value=1e-3, max_value=1.0)),
         codec="log",
     )
 
@@ -74,7 +84,8 @@ def test_a_non_default_draw_differs_from_the_defaults_in_every_field() -> None:
     defaults = RunSettings()
     changed = RunSettings(
         pool_size=17, local_steps=9, lr=0.25, eps=0.003, importance=True, clip_factor=0.0, replicas=3,
-        aggregator="median", trim=0.1, reject_anomaly=2.5, dp_clip=1.5, dp_noise=0.7, codec="log",
+        aggregator="median", trim=0.1, reject_anomaly=2.5, dp_clip=1.5, dp_noise=0.7, directions=4,
+        estimator="sign", mask_fraction=0.3, codec="log",
     )  # fmt: skip
     same = [n for n in SETTING_NAMES if getattr(changed, n) == getattr(defaults, n)]
     assert same == ["codec"]  # the only codec replicas replay today

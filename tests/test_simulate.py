@@ -31,6 +31,7 @@ def test_the_documented_default_config_is_the_built_in_default() -> None:
         ({"selection": {"policy": "oort"}}, "unknown selection policy 'oort'"),
         ({"selection": {"d": 3}}, "unknown \\[selection\\] setting\\(s\\) d"),
         ({"dropout": 1.0}, "dropout must be in \\[0, 1\\)"),
+        ({"device": "tpu"}, "device must be cpu, cuda or cuda:N, got 'tpu'"),
     ],
 )
 def test_bad_simulation_settings_are_clear_errors(overrides: dict[str, object], match: str) -> None:
