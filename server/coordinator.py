@@ -28,7 +28,7 @@ from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.settings import RunParams
 
 from .metrics import CoordinatorMetrics
-from .store import CoordinatorStore, OpenRound, ReplyOutcome
+from .store import ClientRow, CoordinatorStore, OpenRound, ReplyOutcome
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,15 @@ class Coordinator:
     def finished(self) -> bool:
         return self.store.next_round() >= self.config.rounds
 
-    def _select(self, round_index: int) -> list[int]:
+    def _select(self, round_index: int, active: list[ClientRow]) -> list[int]:
         """clients_per_round active clients, by the run's selection policy (fedseed.selection).
 
         Policies see names, sample counts and reported scores; never ids, which
         follow join order (a race), so the same run selects the same clients
-        whoever joined first.
+        whoever joined first. ``active`` is the one read of the client list this decision uses:
+        reading it twice let a client that joined in between be selected but missing from the
+        first read (a KeyError, issue 17).
         """
-        active = self.store.clients()
         ids = {c.name: c.client_id for c in active}
         candidates = [Candidate(c.name, c.num_samples, c.score) for c in active]
         names = select(
@@ -180,10 +181,11 @@ class Coordinator:
                     current.round_index, replied, self.config.min_replies,
                 )  # fmt: skip
         if current is None and not self.finished():
-            active = {c.client_id: c.num_samples for c in self.store.clients()}
+            clients = self.store.clients()  # one read: selection and sample counts agree
+            active = {c.client_id: c.num_samples for c in clients}
             if len(active) >= max(self.config.clients_per_round, self.config.min_clients):
                 round_index = self.store.next_round()
-                slots = self._select(round_index)
+                slots = self._select(round_index, clients)
                 deadline = self.clock() + self.config.round_timeout_s
                 self.store.open_round(round_index, slots, [active[c] for c in slots], deadline)
                 log.info("round %d opened: clients %s", round_index, slots)

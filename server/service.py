@@ -20,6 +20,7 @@ from fedseed.errors import ConfigError
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 
+from . import validation
 from .coordinator import Coordinator, InvalidSubmission, ManifestMismatch, UnknownClient
 from .store import ReplyOutcome, StoreError
 
@@ -37,6 +38,7 @@ _OUTCOMES = {
 def _abort_on_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: CoordinatorService, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            validation.check_integers(request)  # before any value reaches the store
             return method(self, request, context)
         except ManifestMismatch as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -58,10 +60,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @_abort_on_errors
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         manifest = serde.manifest_from_proto(request.manifest)
-        score = request.score if request.HasField("score") else None
+        score = validation.score(request.score if request.HasField("score") else None)
         client_id, next_round = self.coordinator.join(
-            request.client_name, manifest, request.num_samples, score
-        )
+            validation.client_name(request.client_name), manifest,
+            validation.num_samples(request.num_samples), score,
+        )  # fmt: skip
         params = serde.run_params_to_proto(self.coordinator.config.params)
         return pb.JoinReply(
             client_id=client_id,
@@ -95,8 +98,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
         outcome = self.coordinator.submit(
             request.client_id, request.round, request.slot, request.scalars,
-            request.idempotency_key, request.start_hash,
-            request.score if request.HasField("score") else None,
+            validation.short_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY_CHARS),
+            validation.short_text(request.start_hash, "start_hash", validation.MAX_HASH_CHARS),
+            validation.score(request.score if request.HasField("score") else None),
         )  # fmt: skip
         if outcome is ReplyOutcome.CONFLICT:
             context.abort(
