@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedseed.errors import ConfigError, FedseedError
+from fedseed.paths import claim_run_folder
 
 log = logging.getLogger("fedseed")
 
@@ -36,6 +37,8 @@ def _train(args: argparse.Namespace) -> int:
         distribution=args.distribution,
         run_name=args.run_name, out_dir=Path(args.out), progress=not args.no_progress,
     )  # fmt: skip
+    config.validate()
+    claim_run_folder(config.out_dir / config.run_name, args.force)  # never over another run unasked
     report = run_training(config)
     print(f"accuracy before: {report.accuracy_before:.4f}")
     print(f"accuracy after:  {report.accuracy_after:.4f}")
@@ -78,6 +81,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     config = simulate.load_config(Path(args.config) if args.config else None, overrides)
+    claim_run_folder(config.out_dir / config.run_name, args.force)  # never over another run unasked
     if config.engine != "inprocess":
         engines = {ep.name: ep for ep in entry_points(group="fedseed.engines")}
         if config.engine not in engines:
@@ -199,6 +203,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     train.add_argument("--run-name", default=d.run_name)
     train.add_argument("--out", default=str(d.out_dir), help="folder for run folders")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--force", action="store_true", help="replace an existing run folder of this name")
     train.set_defaults(func=_train)
 
     manifest = sub.add_parser("manifest", help="print a coordinator config's [manifest] block for a model")
@@ -220,6 +225,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     sim.add_argument("--engine", help="inprocess (default) or flower")
     sim.add_argument("--out", help="folder for run folders (default runs/)")
     sim.add_argument("--no-progress", action="store_true")
+    sim.add_argument("--force", action="store_true", help="replace an existing run folder of this name")
     sim.set_defaults(func=_simulate)
 
     run_help = "a run folder (fedseed simulate/train) or a coordinator database"

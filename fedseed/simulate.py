@@ -376,7 +376,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
     """
     run_dir = config.out_dir / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("ledger.jsonl", "metrics.jsonl"):
+    for name in ("ledger.jsonl", "metrics.jsonl", "summary.json"):  # no stale summary of an old run
         (run_dir / name).unlink(missing_ok=True)
     key = setup.rounds.key
     # Written first, so that a run that stops early can still be read back (fedseed status/export).

@@ -117,9 +117,9 @@ def test_trainable_presets_resolve_per_model() -> None:
     ],
 )
 def test_bad_recipe_settings_are_one_line_and_exit_2(
-    setting: str, message: str, capsys: pytest.CaptureFixture[str]
+    setting: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert cli.main(["simulate", "--set", setting]) == 2
+    assert cli.main(["simulate", "--set", setting, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
 

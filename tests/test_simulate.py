@@ -46,3 +46,34 @@ def test_cli_reports_bad_settings_in_one_line(capsys: pytest.CaptureFixture[str]
     assert "no config file at" in capsys.readouterr().err
     assert cli.main(["simulate", "--engine", "ray"]) == 2
     assert "unknown engine 'ray'" in capsys.readouterr().err
+
+
+def test_a_new_run_never_replaces_an_old_one_unasked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Issue 17: the README's second `fedseed simulate` overwrote the first run's folder and left
+    # its old summary.json behind.
+    old = tmp_path / "simulate-default"
+    old.mkdir()
+    (old / "summary.json").write_text('{"rounds": 10}')
+    (old / "ledger.jsonl").write_text("")
+    argv = ["simulate", "--out", str(tmp_path), "--set", "clients_per_round=99"]
+    assert cli.main(["simulate", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {old} already holds a run (summary.json, ledger.jsonl): pass --force")
+    assert (old / "summary.json").read_text() == '{"rounds": 10}'  # untouched
+    assert cli.main(argv) == 2  # a bad setting is still named first
+    assert "clients_per_round (99)" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(tmp_path), "--run-name", "simulate-default", "--steps", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_force_replaces_the_old_run_files(tmp_path: Path) -> None:
+    from fedseed.paths import claim_run_folder
+
+    old = tmp_path / "r"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    (old / "notes.txt").write_text("mine")
+    assert claim_run_folder(old, force=True) == old
+    assert not (old / "summary.json").exists() and (old / "notes.txt").read_text() == "mine"
