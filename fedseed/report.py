@@ -107,6 +107,10 @@ def status_text(s: dict[str, Any]) -> str:
             lines.append(
                 f"  round {m['round']}: {m['client']} started from {m['claimed_hash']}, round's: {agreed}"
             )
+        final = s.get("final_reports")
+        if final is not None:
+            agreed = final["agreed"] or "no majority of two or more yet"
+            lines.append(f"final hash reports: {final['reports']} (agreed: {agreed})")
     if "privacy" in s:
         p = s["privacy"]
         lines.append(

@@ -216,11 +216,17 @@ def record_from_coordinator(
     params: RunParams,
     closed: Sequence[ClosedRound],
     info: dict[str, Any],
+    final_hash: str = "",
 ) -> RunRecord:
-    """A coordinator database's run (the database reader lives with the coordinator)."""
+    """A coordinator database's run (the database reader lives with the coordinator).
+
+    ``final_hash``: the model after every closed round, as the clients' majority reported it
+    (rounds record only the hash they *started* from, so the last one has no other record)."""
     model_name, num_labels, init_seed = model_for_task(manifest.task)
     hashes = {r.round_index: r.start_hash for r in closed if r.start_hash}
     hashes[0] = manifest.base_model_hash
+    if final_hash:
+        hashes[len(closed)] = final_hash
 
     def load() -> BaseModel:
         return build_base(

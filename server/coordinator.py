@@ -130,8 +130,19 @@ class Coordinator:
         self._notify()
         return client_id, self.store.next_round()
 
-    def leave(self, client_id: int) -> None:
+    def leave(self, client_id: int, final_hash: str = "", rounds: int = 0) -> None:
+        """A client leaves; with ``final_hash``, it reports the model it holds after ``rounds``
+        rounds, which must be every round of the finished run (checked before anything is kept)."""
         self._known(client_id)
+        if final_hash:
+            if not HASH_FORMAT.fullmatch(final_hash):
+                raise InvalidSubmission("final_hash must be 'sha256:' and 64 lowercase hex digits")
+            if not self.finished() or rounds != self.store.next_round():
+                raise InvalidSubmission(
+                    f"a final hash is reported after all {self.config.rounds} rounds closed, "
+                    f"not after {rounds}"
+                )
+            self.store.record_final(client_id, rounds, final_hash)
         self.store.set_active(client_id, False)
         self.metrics.clients_active.set(len(self.store.clients()))
         self._notify()

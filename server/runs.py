@@ -76,4 +76,6 @@ def _record(store: CoordinatorStore, path: Path) -> RunRecord:
             "deadline_in_s": round(current.deadline_unix - time.time(), 1),
         },
     }
-    return record_from_coordinator(path, manifest, params, closed, info)
+    final_hash, reports = store.final_hash(len(closed))
+    info["final_reports"] = {"agreed": final_hash, "reports": reports}
+    return record_from_coordinator(path, manifest, params, closed, info, final_hash)

@@ -121,7 +121,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @_abort_on_errors
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
-        self.coordinator.leave(request.client_id)
+        self.coordinator.leave(
+            request.client_id,
+            validation.short_text(request.final_hash, "final_hash", validation.MAX_HASH_CHARS),
+            request.rounds,
+        )
         return pb.LeaveReply()
 
     @_abort_on_errors

@@ -65,6 +65,11 @@ CREATE TABLE IF NOT EXISTS mismatches (   -- a reply whose start hash disagreed 
     agreed_hash TEXT NOT NULL,       -- "" when the round had no majority
     at_unix REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS final_reports ( -- the hash a client holds after every round (on Leave)
+    client_id INTEGER PRIMARY KEY REFERENCES clients(client_id),
+    rounds INTEGER NOT NULL,
+    model_hash TEXT NOT NULL
+);
 """
 
 
@@ -386,6 +391,25 @@ class CoordinatorStore:
             "VALUES (?, ?, ?, ?, ?)",
             (round_index, client_id, claimed, agreed, at_unix),
         )
+
+    def record_final(self, client_id: int, rounds: int, hash_: str) -> None:
+        """A client's claim: after ``rounds`` rounds its model hashes to ``hash_`` (its last word)."""
+        self._write(
+            "INSERT INTO final_reports (client_id, rounds, model_hash) VALUES (?, ?, ?) "
+            "ON CONFLICT(client_id) DO UPDATE SET rounds = excluded.rounds, model_hash = excluded.model_hash",
+            (client_id, rounds, hash_),
+        )
+
+    def final_hash(self, rounds: int) -> tuple[str, int]:
+        """(the hash after ``rounds`` rounds a strict majority of at least two reporting clients
+        claim, or ""; how many reported): no single client defines the run's end."""
+        if not self._has_table("final_reports"):
+            return "", 0
+        claimed = [
+            str(r[0]) for r in self._read("SELECT model_hash FROM final_reports WHERE rounds = ?", (rounds,))
+        ]
+        agreed = majority_hash(claimed) if len(claimed) >= 2 else ""
+        return agreed, len(claimed)
 
     def mismatches(self) -> list[Mismatch]:
         if not self._has_table("mismatches"):

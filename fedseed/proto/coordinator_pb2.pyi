@@ -432,15 +432,24 @@ class LeaveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    FINAL_HASH_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.int
+    final_hash: _builtins.str
+    """Optional, at the end of a run: the model hash this client holds after `rounds` rounds
+    (every round closed). A strict majority of two or more such reports is the run's final hash.
+    """
+    rounds: _builtins.int
     def __init__(
         self,
         *,
         client_id: _builtins.int = ...,
+        final_hash: _builtins.str = ...,
+        rounds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "final_hash", b"final_hash", "rounds", b"rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

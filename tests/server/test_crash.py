@@ -115,3 +115,4 @@ def test_a_killed_coordinator_restarts_and_the_run_ends_as_if_nothing_happened(
     # ... and the restarted coordinator's database rebuilds that very model under the run's rules.
     report = export_run(tmp_path / "crashed.db", tmp_path / "exported", progress=False)
     assert report.model_hash == crashed[0]["model_hash"] and report.rounds == 4
+    assert report.verified_at == 4  # the clients reported the final hash: the last round is verified too

@@ -163,6 +163,38 @@ def test_three_client_processes_run_fedkseed_and_agree_every_round(serve: Any, m
         entries = rounds.aggregate(rounds.plan(c.round_index, c.sample_counts), c.replies(3))
         engine.apply([e.seed for e in entries], [e.coef for e in entries])
     assert model_hash(replica) == summaries[0]["model_hash"] != model_hash(base)
+    # The run's end is recorded: all three reported the hash after round 3 on Leave.
+    assert coordinator.store.final_hash(3) == (summaries[0]["model_hash"], 3)
+
+
+def test_a_final_hash_needs_a_finished_run_and_two_agreeing_clients(serve: Any) -> None:
+    stub, coordinator, _ = serve(TINY_MANIFEST, clients_per_round=1, rounds=1)
+    manifest = serde.manifest_to_proto(TINY_MANIFEST)
+    ids = [
+        stub.Join(
+            pb.JoinRequest(manifest=manifest, num_samples=5, client_name=n), timeout=5, metadata=AUTH
+        ).client_id
+        for n in ("a", "b", "c")
+    ]
+    good, other = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+    def leave(client_id: int, final_hash: str, rounds: int) -> Any:
+        request = pb.LeaveRequest(client_id=client_id, final_hash=final_hash, rounds=rounds)
+        return lambda: stub.Leave(request, timeout=5, metadata=AUTH)
+
+    code, details = _code(leave(ids[0], good, 1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "after all 1 rounds closed" in details  # not finished
+    coordinator.store.open_round(0, [ids[0]], [5], deadline=1e12)
+    coordinator.store.record_reply(0, 0, ids[0], b"\x01\x02\x03", "k", good)
+    coordinator.store.close_round(0, 0.0)
+    assert _code(leave(ids[0], "sha256:nope", 1))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(leave(ids[0], good, 7))[0] == grpc.StatusCode.INVALID_ARGUMENT  # not every round
+    leave(ids[0], good, 1)()
+    assert coordinator.store.final_hash(1) == ("", 1)  # one client never defines the end
+    leave(ids[1], other, 1)()
+    assert coordinator.store.final_hash(1) == ("", 2)  # a tie is no majority
+    leave(ids[2], good, 1)()
+    assert coordinator.store.final_hash(1) == (good, 3)
 
 
 @pytest.mark.slow
