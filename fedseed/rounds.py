@@ -185,6 +185,7 @@ class FedKSeedRounds:
         """The state before round 0 (what rounds have taught Pro and the clipping window is forgotten)."""
         self.importance = Importance(self.config.pool_size)
         self.recent_magnitudes: deque[list[float]] = deque(maxlen=CLIP_WINDOW - 1)  # earlier rounds' |ĝ|
+        self.velocity: dict[int, float] = {}  # momentum: pool index -> float64 velocity
         self.last = RoundDiagnostics(math.inf, {}, {}, ())
 
     def weights(self) -> list[int]:
@@ -256,6 +257,10 @@ class FedKSeedRounds:
                 value = combine([values[s][step] for s in members], config.aggregator, config.trim)
                 totals[pool_index] = totals.get(pool_index, 0.0) + share * value
                 self.importance.record(pool_index, value)
+        if config.momentum > 0:  # v_j <- beta v_j + step_j for every seed; the round applies v
+            for j in sorted(set(self.velocity) | set(totals)):
+                self.velocity[j] = config.momentum * self.velocity.get(j, 0.0) + totals.get(j, 0.0)
+            totals = self.velocity
         return [
             LedgerEntry.make(plan.round_index, 0, self.seeds[j], float(np.float32(-config.lr * totals[j])))
             for j in sorted(totals)

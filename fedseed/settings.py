@@ -54,6 +54,7 @@ class RunSettings:
     # The ZO recipe (docs/algorithms.md): every participant applies exactly this to the reply bytes.
     directions: int = 1  # q directions per local step, one byte each; the step applies their mean
     estimator: str = "spsa"  # spsa: apply ĝ | sign: apply sign(ĝ) (ZO-SGD-Sign, lr = step per sign)
+    momentum: float = 0.0  # per-seed heavy-ball momentum on the rounds' steps (K floats of state); 0 = off
     mask_fraction: float = 1.0  # Sparse MeZO: perturb and update only the smallest-|θ| share of each tensor
     codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
 
@@ -87,6 +88,8 @@ class RunSettings:
             raise ConfigError("local_steps x directions (bytes per reply) must be at most 65536")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 < self.mask_fraction <= 1.0:
             raise ConfigError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         if self.codec not in CODECS:

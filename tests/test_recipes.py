@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "q-directions": {"directions": 3},
     "sign": {"estimator": "sign", "lr": 1e-4},
     "sparse-mask": {"mask_fraction": 0.25},
+    "momentum": {"momentum": 0.9},
     "all-three": {"directions": 2, "estimator": "sign", "lr": 1e-4, "mask_fraction": 0.5},
 }
 
@@ -112,6 +113,7 @@ def test_trainable_presets_resolve_per_model() -> None:
         ("directions=0", "error: directions must be in [1, 64], got 0"),
         ("mask_fraction=1.5", "error: mask_fraction must be in (0, 1], got 1.5"),
         ("mask_fraction=0", "error: mask_fraction must be in (0, 1], got 0.0"),
+        ("momentum=1", "error: momentum must be in [0, 1), got 1.0"),
         ('trainable=["norms("]', "error: trainable: 'norms(' is neither a preset"),
         ('trainable=["every"]', "error: no trainable tensors selected"),
     ],

@@ -135,3 +135,28 @@ def test_three_clients_and_a_late_joiner_agree_bit_for_bit(minilm: Any) -> None:
     replay(ZOEngine(late, TrainableSet.from_model(late, include=include)), ledger)
     assert model_hash(late) == model_hash(replicas[0]) != base_hash
     assert all(torch.equal(a, b) for a, b in zip(late.parameters(), replicas[1].parameters(), strict=True))
+
+
+def test_momentum_carries_each_seeds_velocity_across_rounds_exactly() -> None:
+    config = RunSettings(pool_size=8, local_steps=2, lr=1e-2, momentum=0.5, clip_factor=0.0)
+    rounds = FedKSeedRounds(config, run_key("momentum"), LogCodec())
+    codec = rounds.codec
+    steps = []
+    for r in range(3):
+        plan = rounds.plan(r, [1])
+        payload = bytes([codec.encode(1.0 + r), codec.encode(-0.5)]) if r < 2 else None
+        step: dict[int, float] = {}
+        if payload is not None:
+            for j, byte in zip(plan.schedules[0], payload, strict=True):
+                step[j] = step.get(j, 0.0) + codec.decode(byte)
+        steps.append(step)
+        entries = rounds.aggregate(plan, {0: payload} if payload is not None else {})
+        velocity: dict[int, float] = {}
+        for earlier in steps:  # v = sum_k beta^(r-k) step_k, in the same float64 order
+            for j in set(velocity) | set(earlier):
+                velocity[j] = 0.5 * velocity.get(j, 0.0) + earlier.get(j, 0.0)
+        expected = {j: float(np.float32(-1e-2 * v)) for j, v in velocity.items() if v != 0.0}
+        assert {rounds.seeds.index(e.seed): e.coef for e in entries} == expected
+    assert len(entries) > 0  # round 2 had no reply, yet the velocity still moves the model
+    rounds.reset()
+    assert rounds.velocity == {}

@@ -56,6 +56,7 @@ def run_settings(draw: st.DrawFn) -> RunSettings:
         dp_noise=draw(non_negative) if dp_clip > 0 else 0.0,
         directions=draw(st.integers(1, 8)),
         estimator=draw(st.sampled_from(ESTIMATORS)),
+        momentum=draw(st.floats(min_value=0.0, max_value=0.999)),
         mask_fraction=draw(st.floats(min_value=1e-3, max_value=1.0)),
         codec="log",
     )
@@ -85,7 +86,7 @@ def test_a_non_default_draw_differs_from_the_defaults_in_every_field() -> None:
     changed = RunSettings(
         pool_size=17, local_steps=9, lr=0.25, eps=0.003, importance=True, clip_factor=0.0, replicas=3,
         aggregator="median", trim=0.1, reject_anomaly=2.5, dp_clip=1.5, dp_noise=0.7, directions=4,
-        estimator="sign", mask_fraction=0.3, codec="log",
+        estimator="sign", momentum=0.9, mask_fraction=0.3, codec="log",
     )  # fmt: skip
     same = [n for n in SETTING_NAMES if getattr(changed, n) == getattr(defaults, n)]
     assert same == ["codec"]  # the only codec replicas replay today
@@ -137,10 +138,10 @@ def test_a_client_refuses_settings_it_would_not_reproduce() -> None:
     assert serde.run_params_from_proto(good) == params
     # A setting this version does not know (a newer coordinator): refused, named.
     newer = json.loads(params.canonical())
-    newer["settings"]["momentum"] = 0.9
+    newer["settings"]["hessian_smoothing"] = 0.9
     raw = json.dumps(newer, sort_keys=True, separators=(",", ":")).encode()
     raw_hash = "sha256:" + hashlib.sha256(raw).hexdigest()
-    with pytest.raises(ConfigError, match=r"unknown setting.*momentum"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*hessian_smoothing"):
         serde.run_params_from_proto(pb.RunParams(run_name="r", settings=raw, settings_hash=raw_hash))
     # Bytes that do not hash to what the sender announced (altered in between): refused.
     spaced = json.dumps(json.loads(params.canonical()), indent=1).encode()

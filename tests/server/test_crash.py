@@ -27,7 +27,7 @@ TOKEN = "crash-test-token"
 NON_DEFAULT_SETTINGS = (
     "pool_size = 64\nlocal_steps = 3\nlr = 0.02\neps = 0.002\nimportance = true\nclip_factor = 4.0\n"
     'replicas = 3\naggregator = "median"\ntrim = 0.2\nreject_anomaly = 50.0\ndp_clip = 20.0\n'
-    'directions = 2\nestimator = "sign"\nmask_fraction = 0.5\n'
+    'directions = 2\nestimator = "sign"\nmomentum = 0.5\nmask_fraction = 0.5\n'
 )
 FEDSEED = [sys.executable, "-m", "fedseed"]
 
