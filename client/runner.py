@@ -173,7 +173,17 @@ class EdgeClient:
             idempotency_key=uuid.uuid4().hex, start_hash=result.start_hash, score=result.score,
         )  # fmt: skip
         self.sent_hashes[task.round] = result.start_hash
-        answer = self._call(self.stub.Submit, request)
+        try:
+            answer = self._call(self.stub.Submit, request)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            # The slot already holds another reply (an earlier process of this client, say):
+            # that one counts; this copy follows the agreed rounds like any other.
+            log.warning("%s: round %d slot %d already answered (%s)", self.name, task.round, task.slot,
+                        exc.details())  # fmt: skip
+            self.sent_hashes.pop(task.round, None)
+            return
         outcome = answer.outcome
         if outcome == pb.SubmitReply.RESYNC:
             # Most of the round started elsewhere: rebuild, verify against that, and the

@@ -28,7 +28,7 @@ from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.settings import RunParams
 
 from .metrics import CoordinatorMetrics
-from .store import ClientRow, CoordinatorStore, OpenRound, ReplyOutcome
+from .store import ClientRow, CoordinatorStore, OpenRound, ReplyOutcome, retry_outcome
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,9 @@ class Coordinator:
             raise InvalidSubmission("start_hash must be 'sha256:' and 64 lowercase hex digits")
         current = self.store.current_round()
         if current is None or current.round_index != round_index:
-            previous = self.store.replies(round_index).get(slot)
-            if previous is not None and previous[0] == scalars:
-                return ReplyOutcome.DUPLICATE
+            recorded = self.store.recorded_reply(round_index, slot)
+            if recorded is not None:  # the same rule as in an open round (store.retry_outcome)
+                return retry_outcome(*recorded, key, scalars)
             if round_index < self.store.next_round():
                 return ReplyOutcome.LATE
             raise InvalidSubmission(f"round {round_index} is not open")

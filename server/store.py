@@ -333,8 +333,7 @@ class CoordinatorStore:
             "SELECT idempotency_key, scalars FROM replies WHERE round = ? AND slot = ?", (round_index, slot)
         ).fetchone()
         if previous is not None:
-            same = previous[0] == key and bytes(previous[1]) == scalars
-            return ReplyOutcome.DUPLICATE if same else ReplyOutcome.CONFLICT
+            return retry_outcome(str(previous[0]), bytes(previous[1]), key, scalars)
         if closed is None or closed[0]:
             return ReplyOutcome.LATE
         self._db.execute(
@@ -343,6 +342,13 @@ class CoordinatorStore:
             (round_index, slot, client_id, scalars, key, start_hash),
         )
         return ReplyOutcome.ACCEPTED
+
+    def recorded_reply(self, round_index: int, slot: int) -> tuple[str, bytes] | None:
+        """(idempotency key, scalars) of the reply recorded for a slot, or None."""
+        rows = self._read(
+            "SELECT idempotency_key, scalars FROM replies WHERE round = ? AND slot = ?", (round_index, slot)
+        )
+        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def replies(self, round_index: int) -> dict[int, tuple[bytes, str]]:
         """slot -> (scalars, start_hash) of the replies recorded for a round."""
@@ -443,6 +449,13 @@ class CoordinatorStore:
                 start_hash = hashes.pop() if len(hashes) == 1 else ""
             result.append(ClosedRound(round_index, tuple(json.loads(r[1])), slots, scalars, start_hash))
         return result
+
+
+def retry_outcome(recorded_key: str, recorded: bytes, key: str, scalars: bytes) -> ReplyOutcome:
+    """The one duplicate rule, in open and closed rounds alike: a slot's reply is identified by
+    its idempotency key; the same key and bytes again is DUPLICATE (counted once), anything
+    else for a slot that holds a reply is CONFLICT (ALREADY_EXISTS on the wire)."""
+    return ReplyOutcome.DUPLICATE if (recorded_key, recorded) == (key, scalars) else ReplyOutcome.CONFLICT
 
 
 def majority_hash(claimed: Sequence[str]) -> str:

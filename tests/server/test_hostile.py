@@ -107,3 +107,39 @@ def test_a_join_between_reads_cannot_break_a_round_opening(tmp_path: Path) -> No
     opened = coordinator._advance()
     assert opened is not None and sorted(opened.slot_clients) == [1, 2, 3]  # the three it read
     assert len(store.clients()) == 4  # the late joiner is in, for the next round
+
+
+def test_one_duplicate_rule_in_open_and_closed_rounds(serve: Any) -> None:
+    # Issue 17: the same bytes under a new key were ALREADY_EXISTS in an open round and
+    # DUPLICATE in a closed one. Now: same key and bytes = DUPLICATE, else ALREADY_EXISTS.
+    stub, coordinator, _ = serve(TINY_MANIFEST, clients_per_round=2, rounds=2)
+    ids = [_join(stub, n)().client_id for n in ("a", "b")]
+    tasks = {
+        i: stub.GetTask(pb.TaskRequest(client_id=i, wait_ms=100), timeout=5, metadata=AUTH).task for i in ids
+    }
+
+    def submit(client_id: int, key: str, scalars: bytes = b"\x01\x02\x03") -> Any:
+        task = tasks[client_id]
+        request = pb.SubmitRequest(client_id=client_id, round=task.round, slot=task.slot, scalars=scalars,
+                                   idempotency_key=key, start_hash="sha256:" + "1" * 64)  # fmt: skip
+        return lambda: stub.Submit(request, timeout=5, metadata=AUTH)
+
+    def outcomes(client_id: int) -> list[Any]:
+        found = []
+        for call in (
+            submit(client_id, "k"),
+            submit(client_id, "other-key"),
+            submit(client_id, "k", b"\x04\x05\x06"),
+        ):
+            try:
+                found.append(call().outcome)
+            except grpc.RpcError as exc:
+                found.append(exc.code())
+        return found
+
+    assert submit(ids[0], "k")().outcome == pb.SubmitReply.ACCEPTED
+    rule = [pb.SubmitReply.DUPLICATE, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ALREADY_EXISTS]
+    assert outcomes(ids[0]) == rule  # round 0 still open
+    assert submit(ids[1], "k")().outcome == pb.SubmitReply.ACCEPTED  # closes round 0
+    assert coordinator.store.next_round() == 1
+    assert outcomes(ids[0]) == rule  # closed: the same answers
