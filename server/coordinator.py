@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fedseed.errors import ConfigError, FedseedError
@@ -52,7 +52,7 @@ class CoordinatorConfig:
     params: RunParams
     manifest: Manifest
     clients_per_round: int = 3  # clients selected per round
-    min_replies: int = 1  # a round past its deadline closes with at least this many replies
+    min_replies: int = 1  # a round past its deadline closes with this many replies, else its silent slots move
     round_timeout_s: float = 120.0  # a round's deadline, from its opening
     rounds: int = 10  # the run ends after this many closed rounds
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -101,6 +101,8 @@ class Coordinator:
         # close) happen one at a time.
         self._transition = threading.RLock()
         self._overdue_warned = -1  # last round whose missed deadline was logged
+        # Clients that missed a deadline: not selected again until they are heard from (any RPC).
+        self.suspects: set[int] = set()
         # A ledger-only replica (no model): how many entries the closed rounds define.
         self.ledger = Replica(FedKSeedRounds(config.params.settings, self.key))
         self.ledger_entries = 0
@@ -150,6 +152,7 @@ class Coordinator:
     def _known(self, client_id: int) -> None:
         if self.store.client(client_id) is None:  # a keyed lookup: this runs on every RPC
             raise UnknownClient(f"no client {client_id}: join first")
+        self.suspects.discard(client_id)  # heard from: selectable again
 
     # -- rounds -------------------------------------------------------------------------
 
@@ -165,6 +168,9 @@ class Coordinator:
         reading it twice let a client that joined in between be selected but missing from the
         first read (a KeyError, issue 17).
         """
+        trusted = [c for c in active if c.client_id not in self.suspects]
+        if len(trusted) >= self.config.clients_per_round:  # else all: progress beats a stall
+            active = trusted
         ids = {c.name: c.client_id for c in active}
         candidates = [Candidate(c.name, c.num_samples, c.score) for c in active]
         names = select(
@@ -181,15 +187,20 @@ class Coordinator:
     def _advance_locked(self) -> OpenRound | None:
         current = self.store.current_round()
         if current is not None and self.clock() >= current.deadline_unix:
-            replied = len(self.store.replies(current.round_index))
-            if replied >= self.config.min_replies:
+            answered = self.store.replies(current.round_index)
+            silent = [c for s, c in enumerate(current.slot_clients) if s not in answered]
+            self.suspects.update(silent)  # missed the deadline: not selected until heard from
+            if len(answered) >= self.config.min_replies:
                 self._close(current.round_index)
                 current = None
-            elif self._overdue_warned != current.round_index:  # keep waiting; say so once
+            elif self._reassign(current, answered):
+                current = self.store.current_round()
+            elif self._overdue_warned != current.round_index:  # nobody to hand the slots to; say so once
                 self._overdue_warned = current.round_index
                 log.warning(
-                    "round %d: deadline passed with %d replies (< min_replies %d); waiting for more",
-                    current.round_index, replied, self.config.min_replies,
+                    "round %d: deadline passed with %d replies (< min_replies %d) and no other "
+                    "client to take the unanswered slots; waiting for one",
+                    current.round_index, len(answered), self.config.min_replies,
                 )  # fmt: skip
         if current is None and not self.finished():
             clients = self.store.clients()  # one read: selection and sample counts agree
@@ -202,6 +213,36 @@ class Coordinator:
                 log.info("round %d opened: clients %s", round_index, slots)
                 current = self.store.current_round()
         return current
+
+    def _reassign(self, current: OpenRound, answered: Mapping[int, object]) -> bool:
+        """A round short of min_replies at its deadline gives its unanswered slots to active
+        clients that are neither in the round nor suspect (by the selection policy), with a new
+        deadline; False when there is no such client."""
+        clients = self.store.clients()
+        free = [
+            c for c in clients if c.client_id not in self.suspects and c.client_id not in current.slot_clients
+        ]
+        unanswered = [s for s in range(len(current.slot_clients)) if s not in answered]
+        if not free or not unanswered:
+            return False
+        names = select(
+            self.config.selection, self.key, current.round_index, self.config.rounds,
+            [Candidate(c.name, c.num_samples, c.score) for c in free], min(len(free), len(unanswered)),
+        )  # fmt: skip
+        by_name = {c.name: c for c in free}
+        replacements = {
+            slot: (by_name[n].client_id, by_name[n].num_samples)
+            for slot, n in zip(unanswered, names, strict=False)
+        }
+        self.store.reassign_slots(
+            current.round_index, replacements, self.clock() + self.config.round_timeout_s
+        )
+        log.warning(
+            "round %d: %d of %d replies at the deadline (< min_replies %d); slots %s go to clients %s",
+            current.round_index, len(answered), len(current.slot_clients), self.config.min_replies,
+            sorted(replacements), [c for c, _ in replacements.values()],
+        )  # fmt: skip
+        return True
 
     def _close(self, round_index: int) -> ClosedRound:
         closed = self.store.close_round(round_index, self.clock())
@@ -257,8 +298,12 @@ class Coordinator:
             if round_index < self.store.next_round():
                 return ReplyOutcome.LATE
             raise InvalidSubmission(f"round {round_index} is not open")
-        if not 0 <= slot < len(current.slot_clients) or current.slot_clients[slot] != client_id:
-            raise InvalidSubmission(f"slot {slot} of round {round_index} is not client {client_id}'s")
+        if not 0 <= slot < len(current.slot_clients):
+            raise InvalidSubmission(f"round {round_index} has no slot {slot}")
+        if current.slot_clients[slot] != client_id:
+            # Given to another client after this one missed the deadline (or never its slot):
+            # nothing is recorded, as for a reply after the round closed.
+            return ReplyOutcome.LATE
         with self._transition:
             return self._record(current, client_id, round_index, slot, scalars, key, start_hash, score)
 

@@ -305,6 +305,29 @@ class CoordinatorStore:
             (round_index, json.dumps(slot_clients), json.dumps(sample_counts), deadline),
         )
 
+    def reassign_slots(
+        self, round_index: int, replacements: dict[int, tuple[int, int]], deadline: float
+    ) -> None:
+        """Give unanswered slots of the open round to other clients: slot -> (client, samples).
+
+        A slot's schedule derives from (round, slot), not from its client, so the new client
+        runs the same steps; the slot's sample count becomes the new client's.
+        """
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT slot_clients, sample_counts FROM rounds WHERE round = ? AND closed = 0",
+                (round_index,),
+            ).fetchone()
+            if row is None:
+                raise ValueError(f"round {round_index} is not open")
+            clients, counts = json.loads(row[0]), json.loads(row[1])
+            for slot, (client_id, samples) in replacements.items():
+                clients[slot], counts[slot] = client_id, samples
+            self._db.execute(
+                "UPDATE rounds SET slot_clients = ?, sample_counts = ?, deadline_unix = ? WHERE round = ?",
+                (json.dumps(clients), json.dumps(counts), deadline, round_index),
+            )
+
     def current_round(self) -> OpenRound | None:
         rows = self._read(
             "SELECT round, slot_clients, sample_counts, deadline_unix FROM rounds WHERE closed = 0"

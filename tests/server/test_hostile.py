@@ -13,7 +13,7 @@ import pytest
 from fedseed import serde
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
-from fedseed.server.store import ClientRow, CoordinatorStore
+from fedseed.server.store import ClientRow, CoordinatorStore, ReplyOutcome
 from fedseed.settings import RunParams, RunSettings
 
 from .test_wire import AUTH, TINY_MANIFEST, _code
@@ -143,3 +143,48 @@ def test_one_duplicate_rule_in_open_and_closed_rounds(serve: Any) -> None:
     assert submit(ids[1], "k")().outcome == pb.SubmitReply.ACCEPTED  # closes round 0
     assert coordinator.store.next_round() == 1
     assert outcomes(ids[0]) == rule  # closed: the same answers
+
+
+def _clocked(tmp_path: Path, **overrides: Any) -> tuple[Coordinator, list[float]]:
+    now = [1000.0]
+    params = RunParams("liveness", RunSettings(pool_size=8, local_steps=3, lr=0.1, eps=0.1))
+    config = CoordinatorConfig(params, TINY_MANIFEST, round_timeout_s=10, **overrides)
+    return Coordinator(CoordinatorStore(tmp_path / "c.db"), config, clock=lambda: now[0]), now
+
+
+HASH = "sha256:" + "1" * 64
+
+
+def test_a_client_that_missed_its_deadline_is_not_selected_until_heard_from(tmp_path: Path) -> None:
+    coordinator, now = _clocked(tmp_path, clients_per_round=2, min_replies=1, rounds=5)
+    ids = {name: coordinator.join(name, TINY_MANIFEST, 5)[0] for name in ("a", "b", "c")}
+    opened = coordinator._advance()
+    assert opened is not None
+    alive, dead = opened.slot_clients
+    coordinator.submit(alive, 0, 0, b"\x01\x02\x03", "k", HASH)
+    now[0] += 60  # the dead one never answers
+    coordinator.task(alive)  # round 0 closes with one reply; round 1 opens
+    second = coordinator.store.current_round()
+    assert second is not None and second.round_index == 1
+    assert dead not in second.slot_clients and set(second.slot_clients) == set(ids.values()) - {dead}
+    coordinator.task(dead)  # heard from again: selectable
+    assert dead not in coordinator.suspects
+
+
+def test_a_round_short_of_its_floor_gives_silent_slots_to_other_clients(tmp_path: Path) -> None:
+    coordinator, now = _clocked(tmp_path, clients_per_round=2, min_replies=2, rounds=2)
+    ids = {name: coordinator.join(name, TINY_MANIFEST, 5 + i)[0] for i, name in enumerate(("a", "b", "c"))}
+    opened = coordinator._advance()
+    assert opened is not None
+    first, silent = opened.slot_clients
+    spare = (set(ids.values()) - {first, silent}).pop()
+    coordinator.submit(first, 0, 0, b"\x01\x02\x03", "k", HASH)
+    now[0] += 60
+    task = coordinator.task(spare)  # the deadline passed short of 2 replies: slot 1 is the spare's
+    assert task is not None and (task.round_index, task.slot) == (0, 1)
+    assert task.sample_counts[1] == coordinator.store.client(spare).num_samples  # type: ignore[union-attr]
+    assert (
+        coordinator.submit(silent, 0, 1, b"\x07\x08\x09", "late", HASH) is ReplyOutcome.LATE
+    )  # not its slot now
+    assert coordinator.submit(spare, 0, 1, b"\x04\x05\x06", "k2", HASH) is ReplyOutcome.ACCEPTED
+    assert coordinator.store.next_round() == 1  # closed with its two replies
