@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -45,6 +46,8 @@ from fedseed.zo import Snapshot, TrainableSet, ZOEngine
 from . import flower_app, flower_host
 from .flower_app import register, reply_from, task_content
 
+# What gRPC's details say when the TLS handshake fails (wrong CA, plaintext vs TLS, bad cert).
+TLS_FAILURE = re.compile(r"ssl|tls|handshake|certificate", re.IGNORECASE)
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_S = 10.0  # every RPC has a deadline; GetTask adds its long-poll budget
@@ -69,6 +72,10 @@ class EdgeClient:
     sent_hashes: dict[int, str] = field(default_factory=dict)  # round -> start hash this client sent
     heals: list[dict[str, Any]] = field(default_factory=list)  # each rebuild: round, seconds, hashes
     base: Snapshot | None = None  # the trainable tensors as loaded: what a rebuild starts from
+    connect_timeout_s: float = 30.0  # before the first answer: a wrong address fails after this
+    retry_for_s: float = 0.0  # after joining, how long to retry a coordinator that is away; 0 = forever
+    _away_since: float | None = None  # when the coordinator stopped answering (None: it answers)
+    _contacted: bool = False
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -82,17 +89,45 @@ class EdgeClient:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
     def _call(self, method: Callable[..., Any], request: Any, extra_timeout_s: float = 0.0) -> Any:
-        """One RPC with a deadline, retried with jittered backoff while the coordinator is away."""
+        """One RPC with a deadline, retried with capped, jittered backoff while the coordinator
+        is away: before the first answer for ``connect_timeout_s`` (a wrong address or port
+        fails fast), afterwards for ``retry_for_s`` (0: as long as it takes, e.g. a coordinator
+        restart). A TLS failure is a configuration mistake, not an outage: it ends at once.
+        Logged once when the coordinator goes away and once when it is back."""
         delay = 0.2
-        for _attempt in range(40):
+        while True:
             try:
-                return method(request, timeout=RPC_TIMEOUT_S + extra_timeout_s, metadata=self._metadata())
+                reply = method(request, timeout=RPC_TIMEOUT_S + extra_timeout_s, metadata=self._metadata())
             except grpc.RpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
+                details = exc.details() or ""
+                if TLS_FAILURE.search(details):
+                    raise ConnectionError(
+                        f"TLS handshake with the coordinator failed ({details.strip()[:200]}): "
+                        "check --tls-ca, and that the coordinator serves TLS"
+                    ) from exc
+                now = time.monotonic()
+                if self._away_since is None:
+                    self._away_since = now
+                    log.warning("%s: coordinator unreachable (%s); retrying", self.name, exc.code().name)
+                limit = self.retry_for_s if self._contacted else self.connect_timeout_s
+                if limit and now - self._away_since > limit:
+                    what = "stopped answering" if self._contacted else "did not answer"
+                    raise ConnectionError(
+                        f"the coordinator {what} for {now - self._away_since:.0f} s "
+                        f"({exc.code().name}: {details.strip()[:200]})"
+                    ) from exc
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
-        raise ConnectionError("the coordinator stayed unreachable")
+                continue
+            if self._away_since is not None:
+                log.warning(
+                    "%s: coordinator back after %.0f s", self.name, time.monotonic() - self._away_since
+                )
+                self._away_since = None
+            self._contacted = True
+            return reply
 
     def join(self) -> None:
         # The join score is measured on the model as loaded (the run's start for a
@@ -269,6 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="bearer token (default: $FEDSEED_TOKEN; the environment keeps it out of process lists)",
     )
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed the coordinator's certificate")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=30.0, metavar="S",
+        help="give up if the coordinator never answers within S seconds (default 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-for", type=float, default=0.0, metavar="S",
+        help="after joining, retry an absent coordinator for S seconds (default 0: forever)",
+    )  # fmt: skip
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--examples", type=int, default=600, help="VADER movie snippets split across shards")
@@ -318,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = EdgeClient(
         pb_grpc.CoordinatorStub(channel), name, task, engine, shard,
         manifest, batch_size=batch_size, token=args.token, curriculum=curriculum,
+        connect_timeout_s=args.connect_timeout, retry_for_s=args.retry_for,
     )  # fmt: skip
     try:
         summary = client.run()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -93,3 +96,40 @@ def test_tls_serves_trusting_clients_and_refuses_plaintext(tmp_path: Path) -> No
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop_gracefully(server, health, grace_s=1)
+
+
+@pytest.mark.slow
+def test_client_mistakes_are_one_line_and_fast(tmp_path: Path) -> None:
+    # Issue 17: a wrong CA gave 196 s of silence, a wrong token a 30-line traceback.
+    cert_pem, key_pem = _self_signed(tmp_path)
+    other_ca, _ = _self_signed(tmp_path)
+    (tmp_path / "other-ca.pem").write_bytes(other_ca)
+    tls_server, tls_port, tls_health = create_server(_coordinator(), token="t", tls=(cert_pem, key_pem))
+    plain_server, plain_port, plain_health = create_server(_coordinator(), token="t")
+    tls_server.start()
+    plain_server.start()
+    base = [sys.executable, "-m", "fedseed.client.runner", "--name", "c", "--examples", "8"]
+    cases = {
+        "wrong CA": (["--coordinator", f"127.0.0.1:{tls_port}", "--tls-ca", str(tmp_path / "other-ca.pem"),
+                      "--token", "t"], "TLS handshake with the coordinator failed"),
+        "nobody listening": (["--coordinator", f"127.0.0.1:{_free_port()}", "--connect-timeout", "3",
+                              "--token", "t"], "the coordinator did not answer for"),
+        "wrong token": (["--coordinator", f"127.0.0.1:{plain_port}", "--token", "nope"],
+                        "the coordinator answered UNAUTHENTICATED"),
+    }  # fmt: skip
+    try:
+        started = time.monotonic()
+        procs = {
+            case: subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for case, (args, _) in cases.items()
+        }
+        for case, proc in procs.items():
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 2, (case, err[-2000:])
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and cases[case][1] in errors[0], (case, err[-2000:])
+            assert "Traceback" not in err, case
+        assert time.monotonic() - started < 120  # model loading included; no 196 s of silence
+    finally:
+        stop_gracefully(tls_server, tls_health, grace_s=1)
+        stop_gracefully(plain_server, plain_health, grace_s=1)
