@@ -376,7 +376,7 @@ def run_method(
     started = time.perf_counter()
     recipes = recipes or {}
     if method in FEDSEED_VARIANTS or method in recipes:
-        overrides = FEDSEED_VARIANTS.get(method) or recipes[method]
+        overrides = FEDSEED_VARIANTS[method] if method in FEDSEED_VARIANTS else recipes[method]
         curve = fedseed_simulated(config, budget, out_dir, overrides)
     elif method.startswith("adamw-"):
         curve = adamw_centralized(config, method.removeprefix("adamw-"), budget, fo)

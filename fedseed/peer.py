@@ -57,6 +57,9 @@ def peer_seed(key: bytes, step: int, peer: int) -> int:
     return derive_seed(key, PURPOSE_PERTURB, step, peer, 0)
 
 
+PEER_CONFIG = "peer-config.json"  # the run's settings, beside each peer's ledger and summary
+
+
 def step_entries(
     key: bytes, step: int, payload: Sequence[int], lr: float, codec: LogCodec
 ) -> list[LedgerEntry]:
@@ -119,6 +122,10 @@ def run_peer(
         )
     # 2. My own ledger (a restart), then the longest ledger among us.
     out_dir.mkdir(parents=True, exist_ok=True)
+    # What a reader of the folder needs to rebuild the base model (fedseed export / status).
+    (out_dir / PEER_CONFIG).write_text(
+        json.dumps(simulate.jsonable(dataclasses.asdict(config)), indent=2) + "\n"
+    )
     path = out_dir / f"peer-{rank}.ledger.jsonl"
     own = Ledger.load(path) if path.exists() else Ledger()
     replay(engine, list(own))

@@ -81,6 +81,11 @@ def status_text(s: dict[str, Any]) -> str:
     elif s["kind"] == "training":
         lines.append(f"model {s['model']}, data {s['dataset']}, {s['steps']} steps")
         lines.append(f"accuracy {s['accuracy_before']:.4f} -> {s['accuracy_after']:.4f}")
+    elif s["kind"] == "peers":
+        state = "finished" if s["finished"] else "not finished (a peer was lost or is still running)"
+        lines.append(
+            f"model {s['model']}, data {s['dataset']}, {s['peers']} peers, {s['steps']} steps; {state}"
+        )
     else:
         lines.append(
             f"task {s['task']} (model {s['model']}), K={s['pool_size']}, {s['local_steps']} local steps"

@@ -53,7 +53,7 @@ class BaseModel:
 
 @dataclass
 class RunRecord:
-    kind: str  # "simulation" | "training" | "coordinator"
+    kind: str  # "simulation" | "training" | "coordinator" | "peers"
     path: Path
     name: str
     base_hash: str
@@ -189,6 +189,46 @@ def _simulation(folder: Path) -> RunRecord:
     return RunRecord("simulation", folder, config.run_name, base, load, entries, rounds, hashes, info)
 
 
+def _peers(folder: Path) -> RunRecord:
+    """A serverless run's folder (fedseed peer): each peer's ledger and summary, one config.
+
+    The model is the longest ledger replayed on the base model; its hash is verified when every
+    peer that wrote a summary for that many steps names the same hash."""
+    from fedseed import simulate
+
+    raw = {k: v for k, v in _json(folder / "peer-config.json").items() if k not in ("out_dir", "progress")}
+    try:
+        config = simulate.config_from_dict(raw, str(folder))
+    except ConfigError as exc:
+        raise RunError(f"{folder}: its config no longer loads ({exc})") from exc
+    ledgers = sorted(folder.glob("peer-*.ledger.jsonl"))
+    if not ledgers:
+        raise RunError(f"{folder} holds a peer config but no peer-*.ledger.jsonl")
+    try:
+        loaded = {path: list(Ledger.load(path)) for path in ledgers}
+    except LedgerError as exc:
+        raise RunError(str(exc)) from exc
+    longest = max(ledgers, key=lambda p: (len({e.step for e in loaded[p]}), str(p)))
+    entries = loaded[longest]
+    steps = len({e.step for e in entries})
+    summaries = [_json(p) for p in sorted(folder.glob("peer-*.summary.json"))]
+    at_end = {s["model_hash"] for s in summaries if s.get("steps") == steps}
+    hashes = {0: summaries[0]["base_hash"]} if summaries else {}
+    if len(at_end) == 1:
+        hashes[1] = at_end.pop()
+
+    def load() -> BaseModel:
+        task, engine = simulate.build_model(dataclasses.replace(config, threads=0))
+        return BaseModel(task.model, task.tokenizer, engine)
+
+    info = {
+        "model": config.model, "dataset": config.dataset, "peers": len(ledgers), "steps": steps,
+        "finished": bool(summaries) and not any(s.get("lost_peer") for s in summaries),
+        "metrics": [], "ledger": longest.name,
+    }  # fmt: skip
+    return RunRecord("peers", folder, config.run_name, hashes.get(0, ""), load, entries, 1, hashes, info)
+
+
 def _training(folder: Path) -> RunRecord:
     from fedseed.train import TrainConfig
 
@@ -250,9 +290,11 @@ def open_run(path: Path) -> RunRecord:
             return _simulation(path)
         if (path / "manifest.json").exists():
             return _training(path)
+        if (path / "peer-config.json").exists():
+            return _peers(path)
         raise RunError(
-            f"{path} is not a run folder: it has neither summary.json/config.json (fedseed simulate) "
-            "nor manifest.json (fedseed train)"
+            f"{path} is not a run folder: it has neither summary.json/config.json (fedseed simulate), "
+            "manifest.json (fedseed train) nor peer-config.json (fedseed peer)"
         )
     readers = sorted(entry_points(group="fedseed.run_readers"), key=lambda ep: ep.name)
     for reader in readers:

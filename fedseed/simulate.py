@@ -380,7 +380,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
         (run_dir / name).unlink(missing_ok=True)
     key = setup.rounds.key
     # Written first, so that a run that stops early can still be read back (fedseed status/export).
-    (run_dir / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(config)), indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(config)), indent=2) + "\n")
     base_hash = model_hash(setup.engine.model)
     loss_before, acc_before = evaluate(setup.task, setup.test_set)
     log.info("before: held-out loss %.4f, accuracy %.4f", loss_before, acc_before)
@@ -469,7 +469,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
     )  # fmt: skip
     model = setup.engine.model
     summary = {
-        "config": _jsonable(dataclasses.asdict(config)), **report.to_dict(),
+        "config": jsonable(dataclasses.asdict(config)), **report.to_dict(),
         "trainable_params": setup.engine.trainable.numel,
         "model_params": sum(p.numel() for p in model.parameters()),  # tied weights once
     }  # fmt: skip
@@ -503,9 +503,9 @@ def _mean_known(values: list[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value) if isinstance(value, Path) else value

@@ -52,7 +52,7 @@ class CoordinatorConfig:
     params: RunParams
     manifest: Manifest
     clients_per_round: int = 3  # clients selected per round
-    min_replies: int = 1  # a round past its deadline closes with this many replies, else its silent slots move
+    min_replies: int = 1  # a round past its deadline closes with this many replies; else silent slots move
     round_timeout_s: float = 120.0  # a round's deadline, from its opening
     rounds: int = 10  # the run ends after this many closed rounds
     selection: SelectionConfig = field(default_factory=SelectionConfig)

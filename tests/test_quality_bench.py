@@ -35,7 +35,10 @@ def curves(tmp_path_factory: pytest.TempPathFactory) -> dict[str, qm.Curve]:
         }
     )  # fmt: skip
     out = tmp_path_factory.mktemp("quality")
-    return {m: qm.run_method(m, config, BUDGET, FO, out / m) for m in qm.METHODS}
+    return {m: qm.run_method(m, config, BUDGET, FO, out / m, RECIPES) for m in (*qm.METHODS, *RECIPES)}
+
+
+RECIPES = {"fedseed-q2": {"directions": 2, "trainable": ["LayerNorm"]}}  # a config's own arm
 
 
 @pytest.mark.slow
@@ -63,6 +66,11 @@ def test_bytes_are_each_methods_own_count(curves: dict[str, qm.Curve]) -> None:
     assert kseed.points[-1].bytes == BUDGET.zo_rounds * 2 * (4 * 4096 + 8 * BUDGET.zo_local_steps)
     one_byte = curves["fedseed"].points[-1].bytes
     assert 0 < one_byte < 0.15 * kseed.points[-1].bytes
+    # A recipe arm runs with its own settings: two bytes per step up, its own trainable set.
+    q2 = curves["fedseed-q2"]
+    up_extra = BUDGET.zo_rounds * 2 * BUDGET.zo_local_steps  # one more byte per client-step
+    assert q2.points[-1].bytes - one_byte >= up_extra
+    assert q2.trainable_params != curves["fedseed"].trainable_params
 
 
 @pytest.mark.slow
