@@ -36,6 +36,7 @@ from fedseed.manifest import Manifest, manifest_toml
 from fedseed.perturb.stream import STREAM_NAME
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
+from fedseed.server.probe import probe
 
 TOKEN = "load-test"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--local-steps", type=int, default=200)
     parser.add_argument("--poll-s", type=float, default=1.0, help="unselected clients poll about this often")
+    parser.add_argument(
+        "--time-limit-s", type=float, default=300.0, help="per client count; then it is reported"
+    )
     args = parser.parse_args()
     print("| clients | rounds/s | p50 round | p99 round |\n|---|---|---|---|")
     for n in args.clients:
@@ -112,12 +116,25 @@ def main() -> None:
                  f"127.0.0.1:{port}", "--database", str(Path(tmp) / "c.db")],
                 env={**os.environ, "FEDSEED_TOKEN": TOKEN}, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(3.0)  # start-up
+            up_by = time.monotonic() + 60  # start-up: until the health service answers
+            while not probe(f"127.0.0.1:{port}") and time.monotonic() < up_by:
+                time.sleep(0.2)
             start = time.perf_counter()
-            durations = asyncio.run(run(n, args.rounds, args.per_round, args.local_steps, args.poll_s, port))
+            try:
+                load = run(n, args.rounds, args.per_round, args.local_steps, args.poll_s, port)
+                durations = asyncio.run(asyncio.wait_for(load, args.time_limit_s))
+            except TimeoutError:
+                durations = []
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
             elapsed = time.perf_counter() - start
-            server.terminate()
-            server.wait(timeout=30)
+        if len(durations) < 2:  # a stalled coordinator is a result, not a hang
+            print(
+                f"| {n} | did not finish {args.rounds} rounds in {args.time_limit_s:.0f} s | - | - |",
+                flush=True,
+            )
+            continue
         q = statistics.quantiles(durations, n=100)
         print(f"| {n} | {len(durations) / elapsed:.2f} | {statistics.median(durations) * 1e3:.0f} ms "
               f"| {q[98] * 1e3:.0f} ms |", flush=True)  # fmt: skip
