@@ -73,8 +73,8 @@ def num_samples(n: int) -> int:
 
 
 def score(value: float | None) -> float | None:
-    if value is None:
-        return None
+    if value is None or math.isnan(value):
+        return None  # "no score" (e.g. under DP no loss is reported): the last good one stays
     if not (math.isfinite(value) and abs(value) <= MAX_SCORE):
         raise InvalidSubmission(f"score must be finite and within +-{MAX_SCORE:g}, got {value}")
     return value

@@ -121,10 +121,10 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
     assert {s["model_hash"] for s in summaries} == {report.final_hash} == {flower_report.final_hash}
     assert report.final_hash != report.base_hash
     # The coordinator's database alone rebuilds that model (base model + its reply bytes); the
-    # coordinator records the hash each round started from, so it is verified up to the last round.
+    # clients reported the hash after the last round on Leave, so every round is verified.
     exported = export_run(tmp_path / "coordinator.db", tmp_path / "export", progress=False)
     assert (exported.model_hash, exported.kind) == (report.final_hash, "coordinator")
-    assert exported.verified_at == config.rounds - 1
+    assert exported.verified_at == config.rounds
     status = report_status(open_run(tmp_path / "coordinator.db"))
     assert status["rounds"] == config.rounds and status["clients"] == config.num_clients
     assert status["reply_bytes"] == sum(len(c.scalars) for c in coordinator.store.closed_rounds(-1, 100))

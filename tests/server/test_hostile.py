@@ -49,7 +49,7 @@ def test_integers_beyond_the_store_are_invalid_argument(serve: Any, rpc: str, re
     [
         ({"num_samples": (1 << 32) - 1}, "num_samples must be in [1, 1,000,000]"),  # claims the federation
         ({"score": -1e38}, "score must be finite"),  # would steer score-driven selection
-        ({"score": float("nan")}, "score must be finite"),
+        ({"score": float("inf")}, "score must be finite"),
         ({"name": "x" * 4_000_000}, "client_name is 4000000 characters"),
         ({"name": "c\nINFO round 99 closed"}, "control, format or separator character (U+000A)"),
         ({"name": "c\x00"}, "U+0000"),
