@@ -314,16 +314,18 @@ def run_local_round(
     q = config.directions
     payload = bytearray()
     for step in range(config.local_steps):
-        # All q directions are estimated at the step's start point; the step applies their mean.
+        # All q directions are estimated at the step's start point on the step's one minibatch
+        # (loss_for_step draws a new batch per call); the step applies their mean.
+        loss = loss_for_step(step)
         seeds, coefs = [], []
         for direction in range(q):
             index = step * q + direction  # the scalar's position in the reply and the schedule
             seed = rounds.seeds[plan.schedules[slot][index]]
             g: float | None
             if config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
-                g = private_scalar(engine, seed, loss_for_step(step), config.dp_clip, config.dp_noise)
+                g = private_scalar(engine, seed, loss, config.dp_clip, config.dp_noise)
             else:
-                result = engine.estimate(seed, loss_for_step(step))
+                result = engine.estimate(seed, loss)
                 g = None if result is None else result.projected_grad
                 if result is not None and losses is not None:
                     losses.append(result.loss)

@@ -82,8 +82,15 @@ def test_q_directions_send_q_bytes_per_step_and_a_mask_freezes_the_rest(minilm: 
     before = engine.snapshot()
     plan = rounds.plan(0, [4])
     assert len(plan.schedules[0]) == 6
-    payload = run_local_round(engine, rounds, plan, 0, lambda step: lambda: tasks.loss(task, encoded))
+    batches_drawn: list[int] = []
+
+    def loss_for_step(step: int) -> Any:
+        batches_drawn.append(step)  # a real client draws a new minibatch per call
+        return lambda: tasks.loss(task, encoded)
+
+    payload = run_local_round(engine, rounds, plan, 0, loss_for_step)
     assert len(payload) == 6 and len(rounds.aggregate(plan, {0: payload})) > 0
+    assert batches_drawn == [0, 1]  # one minibatch per step, shared by its 3 directions
     with pytest.raises(ValueError, match="needs 6"):
         rounds.aggregate(plan, {0: payload[:2]})
     # Only the smallest-|θ| quarter of each tensor moved.
