@@ -12,7 +12,8 @@ step. Nothing but those bytes has to travel: every participant derives
 - the round's ledger step: one entry per pool seed used, ``coef_s =
   float32(-lr * Σ w_c · ĝ_{c,t})`` over the (slot, step) pairs that drew ``s``,
   summed in float64 in (slot, step) order, where ``ĝ`` is the *decoded* byte
-  and ``w_c = n_c / Σ n`` the slots' sample shares (FedKSeed's weighting).
+  and ``w_c = n_c / Σ n`` the slots' sample shares (FedKSeed's weighting; each ``n_c``
+  capped at ``weight_cap`` x the round's median, :func:`capped_counts`).
 
 FedKSeed-Pro importance (FedKSeed's code): per seed, the history of every
 scalar recorded for it (starting with one 0.0); ``a_j = mean |clip(h, ±1000)|``;
@@ -245,14 +246,15 @@ class FedKSeedRounds:
         rejected = tuple(s for s in slots if config.reject_anomaly > 0 and anomaly[s] > config.reject_anomaly)
         self.last = RoundDiagnostics(bound, clipped, anomaly, rejected)
         kept = {g: [s for s in members if s not in rejected] for g, members in groups.items()}
-        total_samples = sum(plan.sample_counts[s] for members in kept.values() for s in members)
+        counts = capped_counts(plan.sample_counts, config.weight_cap)
+        total_samples = sum(counts[s] for members in kept.values() for s in members)
         totals: dict[int, float] = {}
         for group in sorted(kept):
             members = kept[group]
             if not members:
                 continue
             # A step's q directions each apply 1/q of their value (the step's mean).
-            share = sum(plan.sample_counts[s] for s in members) / total_samples / config.directions
+            share = sum(counts[s] for s in members) / total_samples / config.directions
             for step, pool_index in enumerate(plan.schedules[members[0]]):
                 value = combine([values[s][step] for s in members], config.aggregator, config.trim)
                 totals[pool_index] = totals.get(pool_index, 0.0) + share * value
@@ -288,6 +290,19 @@ class FedKSeedRounds:
                 else:
                     scores[s] = clipped[s] / steps
         return scores
+
+
+def capped_counts(sample_counts: Sequence[int], cap: float) -> list[float]:
+    """The slots' aggregation weights: ``n_c``, at most ``cap`` x the plan's median ``n`` (0: no cap).
+
+    A client's ``num_samples`` is its own claim; without a cap one client claiming a million
+    samples would outweigh every other reply. The median over the round's selected slots is
+    a bound the honest majority sets, and every participant derives it from the plan.
+    """
+    if cap <= 0:
+        return [float(n) for n in sample_counts]
+    bound = cap * _median([float(n) for n in sample_counts])
+    return [min(float(n), bound) for n in sample_counts]
 
 
 def run_local_round(

@@ -48,6 +48,7 @@ class RunSettings:
     aggregator: str = "mean"  # how a schedule's replicas combine: mean | median | trimmed-mean
     trim: float = 0.25  # trimmed-mean: share of values dropped at each end
     reject_anomaly: float = 0.0  # leave out a reply whose anomaly score exceeds this; 0 = keep all
+    weight_cap: float = 2.0  # a slot's weight: at most this x the round's median num_samples; 0 = off
     # Differential privacy of each sent scalar (fedseed.privacy): per-example clip and noise multiplier.
     dp_clip: float = 0.0  # DP: per-example bound on each client's scalar; 0 = no DP
     dp_noise: float = 0.0  # DP: noise multiplier (std = dp_noise x dp_clip / batch), OS CSPRNG
@@ -78,6 +79,8 @@ class RunSettings:
             raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
         if not (self.reject_anomaly >= 0 and math.isfinite(self.reject_anomaly)):
             raise ConfigError(f"reject_anomaly must be >= 0 (0 = off), got {self.reject_anomaly}")
+        if not (self.weight_cap == 0 or (self.weight_cap >= 1 and math.isfinite(self.weight_cap))):
+            raise ConfigError(f"weight_cap must be >= 1 (0 = off), got {self.weight_cap}")
         if not (self.dp_clip >= 0 and self.dp_noise >= 0 and math.isfinite(self.dp_clip + self.dp_noise)):
             raise ConfigError("dp_clip and dp_noise must be finite and >= 0")
         if self.dp_noise > 0 and self.dp_clip == 0:

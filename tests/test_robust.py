@@ -16,7 +16,7 @@ from fedseed import serde, simulate
 from fedseed.codec import LogCodec
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger
-from fedseed.rounds import FedKSeedRounds, combine
+from fedseed.rounds import FedKSeedRounds, capped_counts, combine
 from fedseed.seeds import run_key
 from fedseed.settings import RunParams, RunSettings
 
@@ -47,7 +47,8 @@ def test_combine_rules() -> None:
     ("settings", "match"),
     [({"clip_factor": -1.0}, "clip_factor"), ({"replicas": 0}, "replicas"),
      ({"aggregator": "krum"}, "unknown aggregator 'krum'"), ({"trim": 0.5}, "trim"),
-     ({"reject_anomaly": math.inf}, "reject_anomaly")],
+     ({"reject_anomaly": math.inf}, "reject_anomaly"), ({"weight_cap": 0.5}, "weight_cap"),
+     ({"weight_cap": math.nan}, "weight_cap")],
 )  # fmt: skip
 def test_bad_settings_are_named(settings: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -62,6 +63,27 @@ def test_honest_rounds_are_unchanged_by_the_default_clip() -> None:
         a = clipped.aggregate(clipped.plan(r, [10] * 4), reply)
         b = plain.aggregate(plain.plan(r, [10] * 4), reply)
         assert a == b and clipped.last.clipped == {s: 0 for s in range(4)}
+
+
+def test_capped_counts() -> None:
+    assert capped_counts([10, 10, 1_000_000], 2.0) == [10.0, 10.0, 20.0]
+    assert capped_counts([10, 20, 30, 40], 0.0) == [10.0, 20.0, 30.0, 40.0]  # 0 = off
+    assert capped_counts([5, 7, 9], 2.0) == [5.0, 7.0, 9.0]  # honest spreads are untouched
+
+
+def test_a_client_claiming_a_million_samples_cannot_claim_the_round() -> None:
+    # Three honest clients (10 samples each) push every seed one way; the claimer pushes the
+    # other way. Uncapped, its 1,000,000 samples decide the round; capped at the default 2x
+    # the median (20 samples against the others' 30), the honest majority's direction wins.
+    honest = bytes(CODEC.encode(1.0, 0.5) for _ in range(STEPS))
+    claimer = bytes(CODEC.encode(-1.0, 0.5) for _ in range(STEPS))
+    replies = {0: honest, 1: honest, 2: honest, 3: claimer}
+    counts = [10, 10, 10, 1_000_000]
+    for cap, honest_wins in [(RunSettings().weight_cap, True), (0.0, False)]:
+        config = RunSettings(pool_size=1, local_steps=STEPS, lr=0.01, eps=1e-3, weight_cap=cap)
+        rounds = FedKSeedRounds(config, run_key("robust"), CODEC)  # one seed: every slot moves it
+        [entry] = rounds.aggregate(rounds.plan(0, counts), replies)
+        assert (entry.coef < 0) == honest_wins, cap
 
 
 def test_a_maximal_scalar_is_clipped_to_the_honest_scale() -> None:

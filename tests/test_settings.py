@@ -52,6 +52,7 @@ def run_settings(draw: st.DrawFn) -> RunSettings:
         aggregator=draw(st.sampled_from(AGGREGATORS)),
         trim=draw(st.floats(min_value=0.0, max_value=0.49)),
         reject_anomaly=draw(non_negative),
+        weight_cap=draw(st.sampled_from([0.0, 1.0, 2.0]) | st.floats(min_value=1.0, max_value=1e6)),
         dp_clip=dp_clip,
         dp_noise=draw(non_negative) if dp_clip > 0 else 0.0,
         directions=draw(st.integers(1, 8)),
@@ -85,8 +86,8 @@ def test_a_non_default_draw_differs_from_the_defaults_in_every_field() -> None:
     defaults = RunSettings()
     changed = RunSettings(
         pool_size=17, local_steps=9, lr=0.25, eps=0.003, importance=True, clip_factor=0.0, replicas=3,
-        aggregator="median", trim=0.1, reject_anomaly=2.5, dp_clip=1.5, dp_noise=0.7, directions=4,
-        estimator="sign", momentum=0.9, mask_fraction=0.3, codec="log",
+        aggregator="median", trim=0.1, reject_anomaly=2.5, weight_cap=0.0, dp_clip=1.5, dp_noise=0.7,
+        directions=4, estimator="sign", momentum=0.9, mask_fraction=0.3, codec="log",
     )  # fmt: skip
     same = [n for n in SETTING_NAMES if getattr(changed, n) == getattr(defaults, n)]
     assert same == ["codec"]  # the only codec replicas replay today
