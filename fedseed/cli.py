@@ -143,8 +143,11 @@ def _report(args: argparse.Namespace) -> int:
 
     record = open_run(Path(args.run))
     out = Path(args.out) if args.out else (record.path if record.path.is_dir() else record.path.parent)
-    for path in report(record, out):
+    result = report(record, out)
+    for path in result.written:
         print(path)
+    for name, why in result.not_drawn.items():
+        print(f"not drawn: {name}: {why}")
     return 0
 
 

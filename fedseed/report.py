@@ -12,6 +12,7 @@ pool, ``τ`` local steps and ``P`` trainable parameters (float32 everywhere):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,31 +133,56 @@ def status_text(s: dict[str, Any]) -> str:
 # -- plots ---------------------------------------------------------------------------------
 
 
-def report(record: RunRecord, out_dir: Path) -> list[Path]:
-    """PNG plots of a federated run; returns the files written."""
+_NO_MODEL = "a coordinator holds no model, so it records no held-out metrics (a simulation does)"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``fedseed report`` drew, and each plot it could not draw with the reason."""
+
+    written: list[Path]
+    not_drawn: dict[str, str]  # file name -> why
+
+
+def report(record: RunRecord, out_dir: Path) -> Report:
+    """PNG plots of a federated run: those its record can support, and why the others are missing.
+
+    Raises :class:`RunError` (one line) when no plot at all can be drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    not_drawn: dict[str, str] = {}
     if record.kind == "simulation":
         metrics = read_metrics(record.path)
         if not metrics:
             raise RunError(f"{record.path} has no closed round yet (metrics.jsonl is empty)")
-        return [
-            _progress_plot(record, metrics, out_dir / "progress.png"),
-            _bytes_plot(record, metrics, out_dir / "accuracy-vs-bytes.png"),
-            _participation_plot(
-                _participation_from_metrics(metrics, record.info["clients"]), out_dir / "participation.png"
-            ),
-        ]
-    if record.kind == "coordinator":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if any("test_accuracy" in m for m in metrics):
+            written.append(_progress_plot(record, metrics, out_dir / "progress.png"))
+            written.append(_bytes_plot(record, metrics, out_dir / "accuracy-vs-bytes.png"))
+        else:
+            why = "no round was evaluated on held-out data yet (see the run's eval settings)"
+            not_drawn |= {"progress.png": why, "accuracy-vs-bytes.png": why}
+        counts = _participation_from_metrics(metrics, record.info["clients"])
+        written.append(_participation_plot(counts, out_dir / "participation.png"))
+    elif record.kind == "coordinator":
         if not record.info["participation"]:
-            raise RunError(f"{record.path}: no round has started yet")
-        return [_participation_plot(record.info["participation"], out_dir / "participation.png")]
-    raise RunError(
-        "fedseed report plots federated runs (simulation folders, coordinator databases); "
-        f"{record.path} is a single-process training run: see fedseed status"
-    )
+            raise RunError(f"{record.path}: no round has started yet, so there is nothing to plot")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        not_drawn |= {"progress.png": _NO_MODEL, "accuracy-vs-bytes.png": _NO_MODEL}
+        written.append(_participation_plot(record.info["participation"], out_dir / "participation.png"))
+    elif record.kind == "peers":
+        raise RunError(
+            f"{record.path} is a serverless (peer) run: peers record no held-out metrics and no "
+            "selection by round, so fedseed report has nothing to plot; see fedseed status"
+        )
+    else:
+        raise RunError(
+            "fedseed report plots federated runs (simulation folders, coordinator databases); "
+            f"{record.path} is a single-process training run: see fedseed status"
+        )
+    return Report(written, not_drawn)
 
 
 def _participation_from_metrics(metrics: list[dict[str, Any]], clients: int) -> dict[str, dict[str, int]]:

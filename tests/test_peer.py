@@ -14,8 +14,8 @@ import pytest
 
 from fedseed.export import export_run
 from fedseed.ledger import Ledger
-from fedseed.report import status, status_text
-from fedseed.runs import open_run
+from fedseed.report import report, status, status_text
+from fedseed.runs import RunError, open_run
 
 CONFIG = """
 run_name = "peers"
@@ -76,9 +76,11 @@ def test_three_peers_agree_and_a_killed_peer_rejoins_from_the_ledgers(tmp_path: 
     assert len({s["model_hash"] for s in summaries}) == 1
     assert summaries[0]["model_hash"] != summaries[0]["base_hash"]
     # The folder is a run fedseed status and export read (issue 17), verified at its end.
-    report = export_run(tmp_path / "clean", tmp_path / "exported", progress=False)
-    assert report.model_hash == summaries[0]["model_hash"] and report.verified_at == report.rounds == 1
+    exported = export_run(tmp_path / "clean", tmp_path / "exported", progress=False)
+    assert exported.model_hash == summaries[0]["model_hash"] and exported.verified_at == exported.rounds == 1
     assert "3 peers, 8 steps; finished" in status_text(status(open_run(tmp_path / "clean")))
+    with pytest.raises(RunError, match=r"peer.*nothing to plot"):  # one line, not a wrong claim
+        report(open_run(tmp_path / "clean"), tmp_path / "plots")
     # Execute 2: the same run; peer 2 is killed (SIGKILL) after step 3.
     command = _peers(tmp_path, "killed", 8)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LOOPBACK)

@@ -26,7 +26,7 @@ from fedseed.ledger import model_hash
 from fedseed.manifest import build_manifest
 from fedseed.proto import coordinator_pb2 as pb
 from fedseed.proto import coordinator_pb2_grpc as pb_grpc
-from fedseed.report import status, status_text
+from fedseed.report import report, status, status_text
 from fedseed.runs import open_run
 from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
@@ -128,3 +128,8 @@ def test_a_diverged_client_heals_within_one_round_and_a_late_joiner_catches_up(
     text = status_text(status(record))
     assert "hash mismatches recorded: 1" in text and f"round {CORRUPT_ROUND}: c2 started from" in text
     assert model_hash(clients[2].engine.model) in hashes
+    # `fedseed report` draws what a coordinator's record supports and names what it cannot draw.
+    drawn = report(record, tmp_path / "plots")
+    assert [p.name for p in drawn.written] == ["participation.png"]
+    assert set(drawn.not_drawn) == {"progress.png", "accuracy-vs-bytes.png"}
+    assert all("holds no model" in why for why in drawn.not_drawn.values())
