@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fedseed import data, serde, simulate, tasks
+from fedseed.credentials import is_loopback, read_pem, read_token_file
 from fedseed.curriculum import ORDERINGS, PACINGS, SCORINGS, CurriculumConfig, per_sample_losses
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.ledger import model_hash
@@ -303,7 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("FEDSEED_TOKEN"),
         help="bearer token (default: $FEDSEED_TOKEN; the environment keeps it out of process lists)",
     )
+    parser.add_argument("--token-file", help="read the bearer token from this file (a mounted secret)")
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed the coordinator's certificate")
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="connect without TLS to a non-loopback coordinator (the token crosses the network in clear)",
+    )  # fmt: skip
     parser.add_argument(
         "--connect-timeout", type=float, default=30.0, metavar="S",
         help="give up if the coordinator never answers within S seconds (default 30)",
@@ -328,6 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--pacing-b", type=float, default=0.2)
     args = parser.parse_args(argv)
     try:
+        token = read_token_file(args.token_file) if args.token_file else args.token
+        root_certificates = read_pem(args.tls_ca, "CA certificate (--tls-ca)") if args.tls_ca else None
+        if root_certificates is None and not is_loopback(args.coordinator) and not args.insecure:
+            raise ConfigError(
+                f"refusing to send the bearer token to {args.coordinator} without TLS: pass --tls-ca "
+                "with the CA that signed the coordinator's certificate, or --insecure"
+            )
         if args.config:
             engine, task, shard, manifest, curriculum, name = _from_simulation_config(args)
             batch_size = simulate.load_config(Path(args.config)).batch_size
@@ -352,15 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure(f"client {name}", json_lines=args.log_json)
-    if args.tls_ca:
-        with open(args.tls_ca, "rb") as f:
-            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    if root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         channel = grpc.secure_channel(args.coordinator, credentials)
     else:
         channel = grpc.insecure_channel(args.coordinator)
     client = EdgeClient(
         pb_grpc.CoordinatorStub(channel), name, task, engine, shard,
-        manifest, batch_size=batch_size, token=args.token, curriculum=curriculum,
+        manifest, batch_size=batch_size, token=token, curriculum=curriculum,
         connect_timeout_s=args.connect_timeout, retry_for_s=args.retry_for,
     )  # fmt: skip
     try:

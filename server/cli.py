@@ -9,8 +9,11 @@ The config is TOML (see ``deploy/configs/coordinator.toml``)::
 
 Every key is documented in docs/config-reference.md (generated from these dataclasses).
 
-The token is read from the environment variable named by ``token_env`` (never
-from the file). A restarted coordinator on the same database continues the run.
+The token is read from ``token_file`` (a mounted secret) or the environment variable
+named by ``token_env``, never from the config itself. Serving on an address other than
+loopback requires TLS (``tls_cert``/``tls_key`` or ``--tls-cert``/``--tls-key``) unless
+``--insecure`` is given: the bearer token would otherwise cross the network in clear text.
+A restarted coordinator on the same database continues the run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedseed.credentials import is_loopback, read_pem, read_token_file
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.logs import configure
 from fedseed.manifest import Manifest
@@ -68,6 +72,7 @@ class ServerSettings:
     address: str = "127.0.0.1:50051"  # host:port for gRPC (0.0.0.0:50051 in a container)
     database: str = "coordinator.db"  # the SQLite state; a restart on the same file continues the run
     token_env: str = "FEDSEED_TOKEN"  # environment variable holding the clients' bearer token
+    token_file: str = ""  # file holding the token instead (a mounted secret); wins over token_env
     linger_s: float = 5.0  # seconds to keep serving after the last round closes (clients fetch it)
     tls_cert: str = ""  # PEM certificate; with tls_key, gRPC over TLS (clients pass --tls-ca)
     tls_key: str = ""  # PEM private key of tls_cert
@@ -128,27 +133,52 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     return config, server
 
 
+def _token(settings: ServerSettings) -> str:
+    if settings.token_file:
+        return read_token_file(settings.token_file)
+    token = os.environ.get(settings.token_env)
+    if not token:
+        raise ConfigError(
+            f"set the client token in ${settings.token_env} or point token_file (--token-file) at a "
+            "file holding it (clients send it as a bearer token)"
+        )
+    return token
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedseed coordinator", description="Serve a fedseed run.")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--address", help="overrides [server] address")
     parser.add_argument("--database", help="overrides [server] database")
+    parser.add_argument("--tls-cert", help="overrides [server] tls_cert (PEM certificate)")
+    parser.add_argument("--tls-key", help="overrides [server] tls_key (PEM private key)")
+    parser.add_argument("--token-file", help="overrides [server] token_file (a mounted secret)")
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="serve without TLS on a non-loopback address (the token then crosses the network in clear)",
+    )  # fmt: skip
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     args = parser.parse_args(argv)
     configure("coordinator", json_lines=args.log_json)
     try:
         config, settings = load_config(args.config)
-        token = os.environ.get(settings.token_env)
-        if not token:
-            raise ConfigError(
-                f"set the client token in ${settings.token_env} (clients send it as a bearer token)"
-            )
-        store = CoordinatorStore(args.database or settings.database)
-        coordinator = Coordinator(store, config)
+        overrides = {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "token_file": args.token_file}
+        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ConfigError("TLS needs both a certificate and its key (tls_cert and tls_key), or neither")
         address = args.address or settings.address
+        if not settings.tls_cert and not is_loopback(address) and not args.insecure:
+            raise ConfigError(
+                f"refusing to serve on {address} without TLS: the clients' bearer token would cross "
+                "the network in clear text. Set tls_cert and tls_key (deploy/make-certs.sh makes a "
+                "test CA and certificates), serve on 127.0.0.1, or pass --insecure"
+            )
+        token = _token(settings)
         tls = None
         if settings.tls_cert:
-            tls = (Path(settings.tls_cert).read_bytes(), Path(settings.tls_key).read_bytes())
+            tls = (read_pem(settings.tls_cert, "TLS certificate"), read_pem(settings.tls_key, "TLS key"))
+        store = CoordinatorStore(args.database or settings.database)
+        coordinator = Coordinator(store, config)
         server, port, health = create_server(coordinator, address=address, token=token, tls=tls)
         if settings.metrics_port:
             coordinator.metrics.serve(settings.metrics_port, settings.metrics_address)

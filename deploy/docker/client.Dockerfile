@@ -31,7 +31,8 @@ RUN pip install . \
 
 USER 10001:10001
 WORKDIR /var/lib/fedseed
-# Arguments follow: --coordinator HOST:PORT --name NAME --shard I --num-shards N (see fedseed client --help);
-# the token comes from $FEDSEED_TOKEN.
+# Arguments follow: --coordinator HOST:PORT --name NAME --shard I --num-shards N, and
+# --tls-ca /run/secrets/tls_ca --token-file /run/secrets/fedseed_token (see fedseed client --help;
+# deploy/compose.yaml passes them all).
 ENTRYPOINT ["fedseed", "client"]
 CMD ["--help"]

@@ -31,9 +31,12 @@ RUN pip install . \
 USER 10001:10001
 WORKDIR /var/lib/fedseed
 EXPOSE 50051 9464
-# gRPC health (grpc.health.v1): SERVING while the run is served.
+# gRPC health (grpc.health.v1) over TLS: SERVING while the run is served.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
-    CMD ["python", "-m", "fedseed.server.probe", "127.0.0.1:50051"]
+    CMD ["python", "-m", "fedseed.server.probe", "--tls-ca", "/run/secrets/tls_ca", "127.0.0.1:50051"]
 ENTRYPOINT ["fedseed", "coordinator"]
+# TLS and the token from secrets mounted under /run/secrets (deploy/make-certs.sh, compose.yaml).
 CMD ["--config", "/etc/fedseed/coordinator.toml", "--address", "0.0.0.0:50051", \
-     "--database", "/var/lib/fedseed/coordinator.db"]
+     "--database", "/var/lib/fedseed/coordinator.db", \
+     "--tls-cert", "/run/secrets/tls_cert", "--tls-key", "/run/secrets/tls_key", \
+     "--token-file", "/run/secrets/fedseed_token"]
