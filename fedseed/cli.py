@@ -156,6 +156,18 @@ def _manifest(args: argparse.Namespace) -> int:
     from fedseed.manifest import build_manifest, manifest_toml
     from fedseed.zo import TrainableSet
 
+    if args.config:  # exactly what `fedseed client --config` builds and sends at join
+        from fedseed import simulate
+
+        config = simulate.load_config(Path(args.config))
+        _, engine = simulate.build_model(config)
+        print(
+            manifest_toml(build_manifest(engine.model, engine.trainable.names, simulate.task_id(config))),
+            end="",
+        )
+        return 0
+    if not args.trainable:
+        raise ConfigError("fedseed manifest needs --trainable REGEX (repeatable) or --config SIM.toml")
     model, _ = models.load_model(args.model, num_labels=2, init_seed=args.init_seed)
     trainable = TrainableSet.from_model(model, include=args.trainable)
     print(manifest_toml(build_manifest(model, trainable.names, args.task)), end="")
@@ -211,7 +223,11 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     manifest = sub.add_parser("manifest", help="print a coordinator config's [manifest] block for a model")
     manifest.add_argument("--model", default="minilm", choices=list(models.MODEL_NAMES))
-    manifest.add_argument("--trainable", action="append", required=True, metavar="REGEX")
+    manifest.add_argument("--trainable", action="append", metavar="REGEX")
+    manifest.add_argument(
+        "--config",
+        help="a simulation config (TOML): the manifest of its model, trainable set and LoRA adapters",
+    )
     manifest.add_argument("--task", default="vader-movies/minilm-seqcls")
     manifest.add_argument("--init-seed", type=int, default=0, help="seed of new (head) weights")
     manifest.set_defaults(func=_manifest)

@@ -9,8 +9,10 @@ tokenizer) into a temporary folder, loaded back and hashed once more, and only
 then moved to ``--out``: a crash leaves no half-written checkpoint behind.
 
 The checkpoint is plain transformers: ``AutoModelFor*.from_pretrained(out)``
-loads it without fedseed installed. ``fedseed-export.json`` beside it records
-where it came from (run, rounds, hashes).
+loads it without fedseed installed. A LoRA run (``lora_rank > 0``) is written merged
+(``W + (alpha/r) B A``), and its adapters also as a peft adapter folder ``adapter/``
+(``PeftModel.from_pretrained(base, out / "adapter")``), checked against the run's hash.
+``fedseed-export.json`` beside it records where it came from (run, rounds, hashes).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedseed import lora
 from fedseed.ledger import model_hash, replay
 from fedseed.runs import RunError, RunRecord, open_run
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "fedseed-export.json"
+ADAPTER_DIR = "adapter"  # a LoRA run's peft adapter, beside the merged checkpoint
 
 
 @dataclass(frozen=True)
@@ -93,16 +97,22 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model: Any = base.model  # a transformers PreTrainedModel
-        model.save_pretrained(staging)
-        base.tokenizer.save_pretrained(staging)
-        reloaded = type(model).from_pretrained(staging)
-        _check(final_hash, model_hash(reloaded), f"{out} as written and loaded back")
+        model: Any = base.model  # a transformers PreTrainedModel (or a peft model around one)
         provenance: dict[str, Any] = {
             "run": record.name, "kind": record.kind, "source": str(record.path), "rounds": rounds,
             "rounds_in_run": record.rounds, "ledger_steps": steps, "base_hash": base_hash,
             "model_hash": final_hash, "verified_at_round": verified_at,
         }  # fmt: skip
+        if lora.is_adapted(model):
+            provenance |= _write_adapter(record, base.engine, model, final_hash, staging / ADAPTER_DIR)
+            model = model.merge_and_unload()  # W + (alpha/r) B A: an ordinary checkpoint
+            merged_hash = model_hash(model)
+            provenance["merged_model_hash"] = merged_hash
+        model.save_pretrained(staging)
+        base.tokenizer.save_pretrained(staging)
+        reloaded = type(model).from_pretrained(staging)
+        expected = provenance.get("merged_model_hash", final_hash)
+        _check(expected, model_hash(reloaded), f"{out} as written and loaded back")
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         _publish_modes(staging)
         if out.exists():
@@ -115,6 +125,29 @@ def export_run(
     )
 
 
+def _write_adapter(
+    record: RunRecord, engine: Any, model: Any, final_hash: str, folder: Path
+) -> dict[str, Any]:
+    """The trained adapters as a peft adapter folder, checked: loaded onto a freshly built base
+    (adapters at their run-key init), they give exactly the run's model hash."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    others = [n for n in engine.trainable.names if ".lora_" not in n]
+    if others:  # a LoRA adapter carries only adapters: the merged checkpoint has everything
+        log.warning(
+            "%s/ not written: the run also trained %d tensors besides the adapters (%s, ...), "
+            "which a LoRA adapter cannot carry; the merged checkpoint holds them",
+            ADAPTER_DIR, len(others), others[0],
+        )  # fmt: skip
+        return {"adapter": None}
+    model.save_pretrained(folder)
+    fresh: Any = record.load_base().model
+    set_peft_model_state_dict(fresh, load_peft_weights(str(folder), device="cpu"))
+    _check(final_hash, model_hash(fresh), f"{folder} loaded onto the base model")
+    return {"adapter": ADAPTER_DIR}
+
+
 def _replay(record: RunRecord, engine: Any, to_round: int, from_round: int, progress: bool) -> int:
     entries = [e for e in record.entries_through(to_round) if e.round >= from_round]
     return replay(engine, entries, progress=progress)
@@ -125,5 +158,5 @@ def _publish_modes(folder: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -24,6 +24,7 @@ PURPOSE_SELECTION = 4  # (PURPOSE_SELECTION, round, pick) -> draw of the client 
 PURPOSE_DATA = 5  # (PURPOSE_DATA, crc32(client name)) -> a client's data-order seed
 PURPOSE_DROPOUT = 6  # (PURPOSE_DROPOUT, round, slot) -> the simulator's dropout draw
 PURPOSE_ATTACK = 7  # (PURPOSE_ATTACK, round, slot, step) -> a simulated Byzantine client's random byte
+PURPOSE_LORA_INIT = 8  # (PURPOSE_LORA_INIT,) -> the stream seed of a run's LoRA A matrices (fedseed.lora)
 
 
 def run_key(run_name: str) -> bytes:

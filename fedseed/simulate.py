@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fedseed import data, models, partition, privacy, tasks
+from fedseed import data, lora, models, partition, privacy, tasks
 from fedseed.curriculum import CurriculumConfig
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, model_hash
@@ -97,6 +97,11 @@ class SimulationConfig(RunSettings):
     batch_size: int = 8  # examples per ZO step
     max_length: int = 48  # tokens per example
     trainable: tuple[str, ...] = ()  # a preset (all | norms-biases | default) or regexes; empty = default
+    # ZO over LoRA adapters (fedseed.lora): rank r > 0 wraps the model in peft adapters initialised
+    # from the run key; the adapters train, plus `trainable` if it is set explicitly.
+    lora_rank: int = 0  # LoRA rank r; 0 = no adapters
+    lora_alpha: int = 16  # LoRA scale alpha (the update is alpha/r x B A)
+    lora_targets: tuple[str, ...] = ()  # module names to adapt; empty = the attention's query and value
     dropout: float = 0.0  # probability that a selected client never replies in a round
     eval_every: int = 5  # rounds between held-out evaluations (the last round always)
     seed: int = 0  # data shuffle, partition, new-head init
@@ -130,6 +135,14 @@ class SimulationConfig(RunSettings):
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex, now
+        if not 0 <= self.lora_rank <= 4096:
+            raise ConfigError(
+                f"lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got {self.lora_rank}"
+            )
+        if self.lora_targets and self.lora_rank == 0:
+            raise ConfigError("lora_targets is set but lora_rank is 0: set lora_rank >= 1 to train adapters")
+        if not 1 <= self.lora_alpha <= 1 << 16:
+            raise ConfigError(f"lora_alpha must be in [1, 65536], got {self.lora_alpha}")
         check_device(self.device)
         if self.partition.num_clients != self.num_clients:  # one setting, at the top level
             object.__setattr__(
@@ -189,8 +202,13 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> Simulatio
                 f"{where}: unknown [{name}] setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}"
             )
         nested[name] = cls(**values)
-    if "trainable" in raw:
-        raw["trainable"] = tuple(raw["trainable"])
+    for name in ("trainable", "lora_targets"):
+        if name in raw:
+            if isinstance(raw[name], str) or not isinstance(raw[name], (list, tuple)):
+                raise ConfigError(
+                    f"{where}: {name} must be a list of strings, e.g. [{json.dumps(raw[name])}]"
+                )
+            raw[name] = tuple(raw[name])
     if "out_dir" in raw:
         raw["out_dir"] = Path(raw["out_dir"])
     return SimulationConfig(**raw, **nested)
@@ -250,13 +268,17 @@ def build_model(config: SimulationConfig) -> tuple[tasks.Task, ZOEngine]:
     model, tokenizer = models.load_model(
         config.model, num_labels=data.NUM_CLASSES[config.dataset], init_seed=config.seed
     )
+    patterns = list(models.trainable_patterns(config.model, config.trainable))
+    if config.lora_rank:  # adapters built on the CPU from the run key, then moved with the model
+        model = lora.add_adapters(
+            model, config.model, config.lora_rank, config.lora_alpha, config.lora_targets, config.run_name
+        )
+        patterns = lora.trainable_patterns(model, patterns if config.trainable else [])
     model = model.to(config.device)  # the base hash is of the bits, wherever they are
     task = tasks.for_model(
         config.model, model, tokenizer, config.max_length, data.NUM_CLASSES[config.dataset]
     )
-    trainable = TrainableSet.from_model(
-        model, include=list(models.trainable_patterns(config.model, config.trainable))
-    )
+    trainable = TrainableSet.from_model(model, include=patterns)
     engine = ZOEngine(model, trainable)
     engine.follow(config)  # the run's eps and mask (a SimulationConfig is a RunSettings)
     return task, engine

@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sparse-mask": {"mask_fraction": 0.25},
     "momentum": {"momentum": 0.9},
     "all-three": {"directions": 2, "estimator": "sign", "lr": 1e-4, "mask_fraction": 0.5},
+    "lora": {"lora_rank": 4, "lr": 1e-3},  # adapters on query/value, plus TINY's trainable set
 }
 
 
@@ -123,6 +124,13 @@ def test_trainable_presets_resolve_per_model() -> None:
         ("momentum=1", "error: momentum must be in [0, 1), got 1.0"),
         ('trainable=["norms("]', "error: trainable: 'norms(' is neither a preset"),
         ('trainable=["every"]', "error: no trainable tensors selected"),
+        (
+            "trainable=norms-biases",
+            'error: config: trainable must be a list of strings, e.g. ["norms-biases"]',
+        ),
+        ("lora_rank=-1", "error: lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got -1"),
+        ('lora_targets=["q_proj"]', "error: lora_targets is set but lora_rank is 0"),
+        ("lora_alpha=0", "error: lora_alpha must be in [1, 65536], got 0"),
     ],
 )
 def test_bad_recipe_settings_are_one_line_and_exit_2(
@@ -148,3 +156,78 @@ def test_a_cuda_simulation_replays_to_its_hash(tmp_path: Path) -> None:
     base = record.load_base()
     replay(base.engine, record.entries)
     assert model_hash(base.model) == report.final_hash
+
+
+LORA = {**TINY, "model": "minilm-proto", "trainable": [], "lora_rank": 4, "lr": 1e-3}
+
+
+@pytest.mark.slow
+def test_lora_adapters_start_from_the_run_key_and_export_merged_and_as_a_peft_adapter(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from fedseed.export import export_run
+
+    def build(name: str) -> Any:
+        return simulate.build_model(simulate.config_from_dict({**LORA, "run_name": name}))[1]
+
+    engine = build("lora")
+    names = engine.trainable.names
+    assert names and all(".lora_" in n for n in names)  # adapters only: 6 layers x query/value x A/B
+    assert len(names) == 24
+    params = dict(engine.model.named_parameters())
+    assert all(not params[n].any() for n in names if ".lora_B." in n)  # B = 0: the base model's function
+    assert all(params[n].abs().unique().numel() == 1 for n in names if ".lora_A." in n)  # ±1/sqrt(in)
+    assert model_hash(build("lora").model) == model_hash(engine.model)  # every replica: the same bits
+    assert model_hash(build("another-run").model) != model_hash(engine.model)  # derived from the run key
+    # A run, replayed by the export path; merged weights plus a peft adapter that loads anywhere.
+    config = simulate.config_from_dict({**LORA, "run_name": "lora", "out_dir": str(tmp_path)})
+    report = simulate.run_simulation(config)
+    assert report.final_hash != report.base_hash
+    exported = export_run(report.run_dir, tmp_path / "exported", progress=False)
+    assert exported.model_hash == report.final_hash and exported.verified_at == exported.rounds
+    out = tmp_path / "exported"
+    merged = AutoModelForSequenceClassification.from_pretrained(out)
+    assert not any(".lora_" in n for n, _ in merged.named_parameters())  # an ordinary checkpoint
+    plain, _ = models.load_model("minilm-proto", num_labels=2, init_seed=config.seed)
+    adapted = PeftModel.from_pretrained(plain, out / "adapter").merge_and_unload()
+    for (name, a), (_, b) in zip(adapted.named_parameters(), merged.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    untouched, _ = models.load_model("minilm-proto", num_labels=2, init_seed=config.seed)
+    assert not torch.equal(dict(merged.named_parameters())[query], dict(untouched.named_parameters())[query])
+
+
+def test_lora_on_modules_the_model_lacks_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = [
+        "simulate",
+        "--set",
+        "model=minilm-proto",
+        "--set",
+        "lora_rank=2",
+        "--set",
+        'lora_targets=["q_proj"]',
+    ]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("error: lora_targets q_proj are not linear layers of minilm-proto;")
+        and "\n" not in err
+    )
+    assert "query" in err  # it names what the model has
+
+
+def test_manifest_of_a_lora_simulation_config_lists_its_adapters(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "lora.toml"
+    config.write_text('model = "minilm-proto"\nlora_rank = 2\nrun_name = "lora-manifest"\n')
+    assert cli.main(["manifest", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    built = simulate.build_model(simulate.load_config(config))[1]
+    assert f'base_model_hash = "{model_hash(built.model)}"' in printed
+    assert all(f'"{name}"' in printed for name in built.trainable.names) and ".lora_A." in printed
+    assert cli.main(["manifest"]) == 2  # neither --trainable nor --config: one line
+    assert "needs --trainable" in capsys.readouterr().err
