@@ -221,6 +221,20 @@ def test_systemd_units_serve_tls_with_credentials() -> None:
     assert "FEDSEED_TOKEN" not in coordinator + client
 
 
+def test_the_image_check_script_parses_and_uses_the_images_own_commands() -> None:
+    # deploy/check-images.sh is run by hand (too long for CI); here: it parses, builds every
+    # Dockerfile, and starts what the images themselves declare.
+    script = DEPLOY / "check-images.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    built = re.search(r"for image in ([a-z ]+); do", text)
+    assert built and sorted(built.group(1).split()) == sorted(p.name.split(".")[0] for p in DOCKERFILES)
+    assert '-f "deploy/docker/$image.Dockerfile"' in text and "--isolation chroot" in text
+    assert ".Config.Entrypoint" in text and ".Config.Cmd" in text and ".HealthCheck.Test" in text
+    for dockerfile in DOCKERFILES:
+        assert "ARG BASE_IMAGE=" in dockerfile.read_text().split("\nFROM", 1)[0]
+
+
 def test_the_coordinator_image_defaults_to_tls_and_a_token_file() -> None:
     text = (DEPLOY / "docker" / "coordinator.Dockerfile").read_text()
     command = text.split("\nCMD ", 1)[1]

@@ -1,14 +1,20 @@
 # fedseed edge client image (CPU). Build from the repository root:
 #   docker build -f deploy/docker/client.Dockerfile -t fedseed-client:0.1.0 .
 # For a CPU-only torch (about 1 GB smaller than the default wheel), pass PyTorch's CPU
-# wheel index: --build-arg TORCH_INDEX_URL=<index url>. The pins below match scripts/install.sh
+# wheel index (--build-arg TORCH_INDEX_URL=<index url>) or put its wheel in deploy/wheels/. The pins below match scripts/install.sh
 # (tests/test_deploy.py checks that they do). The models and data are baked in: a client
 # never downloads anything at run time.
-FROM python:3.12-slim-bookworm
+# BASE_IMAGE: any Debian-like image with python3 and pip, e.g. one made offline from Debian's
+# packages (deploy/check-images.sh: mmdebstrap + podman import).
+ARG BASE_IMAGE=python:3.12-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=""
+# PIP_BREAK_SYSTEM_PACKAGES: a Debian base's python3 is "externally managed"; this image is
+# that Python's only user.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     FEDSEED_CACHE=/opt/fedseed/cache \
@@ -16,9 +22,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/fedseed/src
 # torch first and alone, so that nothing else chooses its build (it is pinned: hadolint
-# misreads the optional --index-url expansion as an unpinned package).
+# misreads the optional --index-url expansion as an unpinned package). Wheels placed in
+# deploy/wheels/ (e.g. torch's CPU build) are preferred over the index's.
+COPY deploy/wheels/ /tmp/wheels/
 # hadolint ignore=DL3013
-RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} --find-links /tmp/wheels "torch==2.13.0" \
+    && rm -rf /tmp/wheels
 COPY pyproject.toml README.md ./
 COPY fedseed ./fedseed
 COPY server ./server
