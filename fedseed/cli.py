@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
 
 from fedseed.errors import ConfigError, FedseedError
 from fedseed.paths import claim_run_folder
@@ -49,31 +48,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs (values parsed as TOML; bare words as strings; ``a.b=`` for tables)."""
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        table, dot, leaf = name.partition(".")
-        if dot:
-            out.setdefault(table, {})[leaf] = value
-        else:
-            out[name] = value
-    return out
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from fedseed import simulate
 
-    overrides = parse_overrides(args.set or [])
+    overrides = simulate.parse_overrides(args.set or [])
     if args.engine:
         overrides["engine"] = args.engine
     if args.out:

@@ -204,11 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from fedseed.cli import parse_overrides
-
         # One client of the partition per peer: the world size sets the client count.
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        overrides = {**parse_overrides(args.set), "num_clients": world, "clients_per_round": world}
+        overrides = {**simulate.parse_overrides(args.set), "num_clients": world, "clients_per_round": world}
         config = simulate.load_config(Path(args.config) if args.config else None, overrides)
         if args.steps < 1 or args.hash_every < 1 or args.timeout_s <= 0:
             raise ConfigError("--steps, --hash-every and --timeout-s must be positive")

@@ -27,7 +27,7 @@ import re
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,6 +174,25 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     raw.update(overrides or {})
     return config_from_dict(raw, str(path or "config"))
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as TOML; bare words as strings; ``a.b=`` for tables)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        table, dot, leaf = name.partition(".")
+        if dot:
+            out.setdefault(table, {})[leaf] = value
+        else:
+            out[name] = value
+    return out
 
 
 def config_from_dict(raw: Mapping[str, Any], where: str = "config") -> SimulationConfig:

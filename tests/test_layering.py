@@ -60,3 +60,18 @@ def test_no_generic_top_level_server_or_client_is_installed() -> None:
         spec = importlib.util.find_spec(name)
         # From the repo root, pytest may see the folder itself; never a site-packages install.
         assert spec is None or "site-packages" not in str(spec.origin)
+
+
+def test_no_import_cycles_anywhere_in_the_package() -> None:
+    # Every import statement counts, the ones inside functions too (grimp, import-linter's
+    # graph): a cycle is a direct import a -> b with a chain of imports back from b to a.
+    import grimp
+
+    graph = grimp.build_graph("fedseed")
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if imported != importer and back:
+                cycles.append(" -> ".join((importer, *back)))
+    assert cycles == []
