@@ -12,7 +12,7 @@ from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 
 from .coordinator import Coordinator
 from .metrics import MetricsInterceptor
-from .service import CoordinatorService, TokenAuth
+from .service import Auth, CoordinatorService
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,13 @@ def create_server(
     token: str | None = None,
     max_workers: int = 32,
     tls: tuple[bytes, bytes] | None = None,
+    per_client: bool = False,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to ``address`` (port 0 picks a free port), to be started.
 
-    ``token``: clients must send ``authorization: Bearer <token>``. ``tls``:
+    ``token``: the shared token clients may send as ``authorization: Bearer <token>``;
+    ``per_client``: also accept the per-client credentials in the store (each binds its caller
+    to one client name; ``fedseed coordinator enroll``). ``tls``:
     ``(certificate chain PEM, private key PEM)``; without it the port is plain
     (loopback and trusted networks only).
     """
@@ -39,12 +42,13 @@ def create_server(
     ]
     # Metrics first, so refused calls (bad token) are counted too.
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(coordinator.metrics)]
-    if token:
-        interceptors.append(TokenAuth(token))
+    auth = Auth(token, coordinator.store if per_client else None) if token or per_client else None
+    if auth is not None:
+        interceptors.append(auth)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=interceptors
     )
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coordinator), server)
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(coordinator, auth), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls is None:

@@ -73,6 +73,9 @@ class ServerSettings:
     database: str = "coordinator.db"  # the SQLite state; a restart on the same file continues the run
     token_env: str = "FEDSEED_TOKEN"  # environment variable holding the clients' bearer token
     token_file: str = ""  # file holding the token instead (a mounted secret); wins over token_env
+    auth: str = (
+        "token"  # token: one shared token | per-client: credentials from `enroll` (+ the token if set)
+    )
     linger_s: float = 5.0  # seconds to keep serving after the last round closes (clients fetch it)
     tls_cert: str = ""  # PEM certificate; with tls_key, gRPC over TLS (clients pass --tls-ca)
     tls_key: str = ""  # PEM private key of tls_cert
@@ -130,13 +133,74 @@ def load_config(path: Path) -> tuple[CoordinatorConfig, ServerSettings]:
     server = table(ServerSettings, raw.get("server", {}), f"{path}: [server]")
     if bool(server.tls_cert) != bool(server.tls_key):
         raise ConfigError(f"{path}: [server] needs both tls_cert and tls_key, or neither")
+    if server.auth not in AUTH_MODES:
+        raise ConfigError(
+            f"{path}: [server] auth must be one of {', '.join(AUTH_MODES)}, got {server.auth!r}"
+        )
     return config, server
 
 
-def _token(settings: ServerSettings) -> str:
+AUTH_MODES = ("token", "per-client")
+CREDENTIAL_COMMANDS = ("enroll", "revoke", "credentials")
+
+
+def credentials_main(argv: Sequence[str]) -> int:
+    """``fedseed coordinator enroll|revoke|credentials``: per-client credentials in the run's database.
+
+    ``enroll NAME --out FILE`` issues client NAME a new random token, writes it to FILE (mode
+    0600; hand it to that client as ``--token-file``) and stores only its SHA-256: re-enrolling
+    replaces the old token. ``revoke NAME`` refuses it from the next call on. ``credentials``
+    lists names and states, never a token."""
+    import hashlib
+    import secrets
+    import time
+
+    from . import validation
+
+    parser = argparse.ArgumentParser(prog="fedseed coordinator", description=credentials_main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in CREDENTIAL_COMMANDS:
+        p = sub.add_parser(command)
+        p.add_argument("--config", required=True, type=Path)
+        p.add_argument("--database", help="overrides [server] database")
+        if command != "credentials":
+            p.add_argument("name", help="the client name the credential may act as")
+        if command == "enroll":
+            p.add_argument("--out", required=True, type=Path, help="file to write the token to (0600)")
+    args = parser.parse_args(argv)
+    try:
+        _, settings = load_config(args.config)
+        store = CoordinatorStore(args.database or settings.database)
+        if args.command == "enroll":
+            name = validation.client_name(args.name)
+            if args.out.exists():
+                raise ConfigError(f"{args.out} exists; choose another --out (a token is never overwritten)")
+            token = secrets.token_hex(32)
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            store.set_credential(name, hashlib.sha256(token.encode()).hexdigest(), time.time())
+            print(f"enrolled {name}: token in {args.out} (give it to that client as --token-file)")
+        elif args.command == "revoke":
+            if not store.revoke_credential(validation.client_name(args.name)):
+                raise ConfigError(f"no credential was issued to {args.name!r}")
+            print(f"revoked {args.name}: refused from its next call on")
+        else:
+            for name, revoked in store.credentials():
+                print(f"{name}\t{'revoked' if revoked else 'active'}")
+        store.close()
+    except (FedseedError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _token(settings: ServerSettings) -> str | None:
     if settings.token_file:
         return read_token_file(settings.token_file)
     token = os.environ.get(settings.token_env)
+    if not token and settings.auth == "per-client":
+        return None  # per-client credentials only
     if not token:
         raise ConfigError(
             f"set the client token in ${settings.token_env} or point token_file (--token-file) at a "
@@ -146,7 +210,14 @@ def _token(settings: ServerSettings) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedseed coordinator", description="Serve a fedseed run.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CREDENTIAL_COMMANDS:
+        return credentials_main(argv)
+    parser = argparse.ArgumentParser(
+        prog="fedseed coordinator",
+        description="Serve a fedseed run. Per-client credentials: fedseed coordinator "
+        "enroll|revoke|credentials --config C ... (each has --help).",
+    )
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--address", help="overrides [server] address")
     parser.add_argument("--database", help="overrides [server] database")
@@ -179,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls = (read_pem(settings.tls_cert, "TLS certificate"), read_pem(settings.tls_key, "TLS key"))
         store = CoordinatorStore(args.database or settings.database)
         coordinator = Coordinator(store, config)
-        server, port, health = create_server(coordinator, address=address, token=token, tls=tls)
+        server, port, health = create_server(
+            coordinator, address=address, token=token, tls=tls, per_client=settings.auth == "per-client"
+        )
         if settings.metrics_port:
             coordinator.metrics.serve(settings.metrics_port, settings.metrics_address)
     except (FedseedError, OSError) as exc:

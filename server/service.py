@@ -2,12 +2,14 @@
 
 Errors become status codes here and nowhere else: a manifest mismatch is
 FAILED_PRECONDITION (naming the mismatch), a submission that can never be
-accepted is INVALID_ARGUMENT, an unknown client NOT_FOUND, a missing or wrong
-token UNAUTHENTICATED (in :class:`TokenAuth`, before any handler runs).
+accepted is INVALID_ARGUMENT, an unknown client NOT_FOUND, a missing, wrong or
+revoked token UNAUTHENTICATED (in :class:`Auth`, before any handler runs), and a
+per-client credential acting as another client PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from fedseed.proto import coordinator_pb2_grpc as pb_grpc
 
 from . import validation
 from .coordinator import Coordinator, InvalidSubmission, ManifestMismatch, UnknownClient
-from .store import ReplyOutcome, StoreError
+from .store import CoordinatorStore, ReplyOutcome, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ def _abort_on_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except UnknownClient as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except PermissionDenied as exc:
+            log.warning("refused: %s", exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except StoreError as exc:  # e.g. disk full: nothing was recorded, the client retries later
             log.error("%s", exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -53,16 +58,43 @@ def _abort_on_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class PermissionDenied(Exception):
+    """A credential acting as another client than its own."""
+
+
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, auth: Auth | None = None) -> None:
         self.coordinator = coordinator
+        self.auth = auth
+
+    def _identity(self, context: grpc.ServicerContext) -> str:
+        """The caller's client name, or ANY_CLIENT (shared token, or no authentication at all)."""
+        if self.auth is None:
+            return ANY_CLIENT
+        identity = self.auth.identify(context.invocation_metadata())
+        return ANY_CLIENT if identity is None else identity  # None cannot pass the interceptor
+
+    def _acting_as(self, context: grpc.ServicerContext, client_id: int) -> None:
+        """Refuse a per-client credential that names another client's id (or an unknown one)."""
+        identity = self._identity(context)
+        if identity == ANY_CLIENT:
+            return
+        row = self.coordinator.store.client(client_id)
+        if row is None or row.name != identity:
+            raise PermissionDenied(
+                f"the credential of client {identity!r} cannot act as client id {client_id}"
+            )
 
     @_abort_on_errors
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         manifest = serde.manifest_from_proto(request.manifest)
         score = validation.score(request.score if request.HasField("score") else None)
+        name = validation.client_name(request.client_name)
+        identity = self._identity(context)
+        if identity not in (ANY_CLIENT, name):
+            raise PermissionDenied(f"the credential of client {identity!r} cannot join as {name!r}")
         client_id, next_round = self.coordinator.join(
-            validation.client_name(request.client_name), manifest,
+            name, manifest,
             validation.num_samples(request.num_samples), score,
         )  # fmt: skip
         params = serde.run_params_to_proto(self.coordinator.config.params)
@@ -75,6 +107,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @_abort_on_errors
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.TaskReply:
+        self._acting_as(context, request.client_id)
         wait_s = min(request.wait_ms, MAX_WAIT_MS) / 1000
         # Never wait past the caller's deadline: a client that gave up must not keep a worker
         # thread (found by fuzzing: abandoned 30 s polls starved the pool).
@@ -96,6 +129,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @_abort_on_errors
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
+        self._acting_as(context, request.client_id)
         outcome = self.coordinator.submit(
             request.client_id, request.round, request.slot, request.scalars,
             validation.short_text(request.idempotency_key, "idempotency_key", validation.MAX_KEY_CHARS),
@@ -121,6 +155,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @_abort_on_errors
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
+        self._acting_as(context, request.client_id)
         self.coordinator.leave(
             request.client_id,
             validation.short_text(request.final_hash, "final_hash", validation.MAX_HASH_CHARS),
@@ -142,22 +177,39 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         )  # fmt: skip
 
 
-class TokenAuth(grpc.ServerInterceptor):
-    """Every RPC but health checks must carry ``authorization: Bearer <token>``."""
+ANY_CLIENT = ""  # the identity of the shared token: it may act as any client
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+class Auth(grpc.ServerInterceptor):
+    """Every RPC but health checks must carry ``authorization: Bearer <token>``: the run's shared
+    token (trusted test setups: it may act as any client), or a per-client credential issued by
+    ``fedseed coordinator enroll NAME``, which may act only as client NAME. A revoked credential is
+    refused from its next call on. Only SHA-256 hashes of credentials are stored or compared."""
+
+    def __init__(self, shared_token: str | None, store: CoordinatorStore | None) -> None:
+        self._shared = f"Bearer {shared_token}".encode() if shared_token else None
+        self._store = store
 
         def deny(request: Any, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid token")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing, invalid or revoked token")
 
         self._deny: grpc.RpcMethodHandler[Any, None] = grpc.unary_unary_rpc_method_handler(deny)
+
+    def identify(self, metadata: Any) -> str | None:
+        """The client name the caller may act as (``ANY_CLIENT`` for the shared token), or None."""
+        given = str(dict(metadata or ()).get("authorization", ""))
+        if self._shared is not None and hmac.compare_digest(given.encode(), self._shared):
+            return ANY_CLIENT
+        if self._store is None or not given.startswith("Bearer "):
+            return None
+        found = self._store.credential(hashlib.sha256(given.removeprefix("Bearer ").encode()).hexdigest())
+        if found is None or found[1]:
+            return None
+        return found[0]
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
             return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self._expected):
+        if self.identify(handler_call_details.invocation_metadata) is not None:
             return continuation(handler_call_details)
         return self._deny

@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS mismatches (   -- a reply whose start hash disagreed 
     agreed_hash TEXT NOT NULL,       -- "" when the round had no majority
     at_unix REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS credentials ( -- per-client bearer tokens (fedseed coordinator enroll)
+    name TEXT PRIMARY KEY,           -- the one client name this credential may act as
+    token_sha256 TEXT NOT NULL UNIQUE, -- only the token's hash is kept
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_unix REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS final_reports ( -- the hash a client holds after every round (on Leave)
     client_id INTEGER PRIMARY KEY REFERENCES clients(client_id),
     rounds INTEGER NOT NULL,
@@ -439,6 +445,34 @@ class CoordinatorStore:
         ]
         agreed = majority_hash(claimed) if len(claimed) >= 2 else ""
         return agreed, len(claimed)
+
+    def set_credential(self, name: str, token_sha256: str, at_unix: float) -> None:
+        """Issue (or re-issue: the old token stops working) the credential of client ``name``."""
+        self._write(
+            "INSERT INTO credentials (name, token_sha256, revoked, created_unix) VALUES (?, ?, 0, ?) "
+            "ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256, revoked = 0, "
+            "created_unix = excluded.created_unix",
+            (name, token_sha256, at_unix),
+        )
+
+    def revoke_credential(self, name: str) -> bool:
+        """Refuse ``name``'s credential from the next call on; False if it was never issued."""
+        return self._write("UPDATE credentials SET revoked = 1 WHERE name = ?", (name,)).rowcount > 0
+
+    def credential(self, token_sha256: str) -> tuple[str, bool] | None:
+        """(client name, revoked) of the credential whose token hashes to ``token_sha256``."""
+        if not self._has_table("credentials"):
+            return None
+        rows = self._read("SELECT name, revoked FROM credentials WHERE token_sha256 = ?", (token_sha256,))
+        return (str(rows[0][0]), bool(rows[0][1])) if rows else None
+
+    def credentials(self) -> list[tuple[str, bool]]:
+        """Every issued credential's (client name, revoked), by name (never a token or its hash)."""
+        if not self._has_table("credentials"):
+            return []
+        return [
+            (str(r[0]), bool(r[1])) for r in self._read("SELECT name, revoked FROM credentials ORDER BY name")
+        ]
 
     def mismatches(self) -> list[Mismatch]:
         if not self._has_table("mismatches"):
