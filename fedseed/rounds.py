@@ -333,11 +333,17 @@ def run_local_round(
         # (loss_for_step draws a new batch per call); the step applies their mean.
         loss = loss_for_step(step)
         seeds, coefs = [], []
+        step_seeds = [rounds.seeds[plan.schedules[slot][step * q + d]] for d in range(q)]
+        normalised = fzoo_scalars(engine, step_seeds, loss, losses) if config.estimator == "fzoo" else None
         for direction in range(q):
             index = step * q + direction  # the scalar's position in the reply and the schedule
-            seed = rounds.seeds[plan.schedules[slot][index]]
+            seed = step_seeds[direction]
             g: float | None
-            if config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
+            if normalised is not None:
+                g = normalised[direction]
+            elif config.estimator == "fzoo":
+                g = None  # a non-finite loss or no spread: the step sends zeros
+            elif config.dp_clip > 0:  # loss_for_step gives per-example losses (fedseed.privacy)
                 g = private_scalar(engine, seed, loss, config.dp_clip, config.dp_noise)
             else:
                 result = engine.estimate(seed, loss)
@@ -355,6 +361,29 @@ def run_local_round(
         if seeds:
             engine.apply(seeds, coefs)
     return bytes(payload)
+
+
+def fzoo_scalars(
+    engine: ZOEngine, seeds: Sequence[int], loss: Callable[[], torch.Tensor], losses: list[float] | None
+) -> list[float] | None:
+    """FZOO's step scalars (Dang et al., 2025): ``(f(θ + εz_i) − f(θ)) / σ`` for the q directions,
+    with ``σ`` the (population) std of the q perturbed losses: q + 1 forwards instead of 2q.
+
+    The values are unitless (about a standard normal's size whatever the loss scale), so ``lr``
+    is the step per direction; what travels is each value's byte, so replicas never need the
+    losses. None (the step sends zeros) if a loss is not finite or the losses do not spread."""
+    with torch.no_grad():
+        base = float(loss())
+    perturbed = []
+    for seed in seeds:
+        with engine.perturbed(seed, engine.eps):
+            perturbed.append(float(loss()))
+    spread = float(np.std(perturbed))
+    if not (math.isfinite(base) and all(math.isfinite(f) for f in perturbed) and spread > 0):
+        return None
+    if losses is not None:
+        losses.append(base)
+    return [(f - base) / spread for f in perturbed]
 
 
 def applied_value(decoded: float, config: RunSettings) -> float:

@@ -28,7 +28,9 @@ from typing import Any
 from fedseed.errors import ConfigError
 
 AGGREGATORS = ("mean", "median", "trimmed-mean")
-ESTIMATORS = ("spsa", "sign")  # what a step applies from its decoded scalar: ĝ, or sign(ĝ) (ZO-SGD-Sign)
+# How a step estimates and applies: spsa: two-sided ĝ; sign: sign(ĝ) (ZO-SGD-Sign); fzoo: one-sided
+# differences from one unperturbed loss, divided by the std of the q perturbed losses (FZOO).
+ESTIMATORS = ("spsa", "sign", "fzoo")
 CODECS = ("log",)  # how a scalar travels as one byte (fedseed.codec); replicas replay these
 
 
@@ -54,7 +56,9 @@ class RunSettings:
     dp_noise: float = 0.0  # DP: noise multiplier (std = dp_noise x dp_clip / batch), OS CSPRNG
     # The ZO recipe (docs/algorithms.md): every participant applies exactly this to the reply bytes.
     directions: int = 1  # q directions per local step, one byte each; the step applies their mean
-    estimator: str = "spsa"  # spsa: apply ĝ | sign: apply sign(ĝ) (ZO-SGD-Sign, lr = step per sign)
+    estimator: str = (
+        "spsa"  # spsa: apply ĝ | sign: sign(ĝ) (lr = step per sign) | fzoo: std-normalised, q >= 2
+    )
     momentum: float = 0.0  # per-seed heavy-ball momentum on the rounds' steps (K floats of state); 0 = off
     mask_fraction: float = 1.0  # Sparse MeZO: perturb and update only the smallest-|θ| share of each tensor
     codec: str = "log"  # how a scalar travels as one byte (log: sign + 7-bit log magnitude)
@@ -91,6 +95,13 @@ class RunSettings:
             raise ConfigError("local_steps x directions (bytes per reply) must be at most 65536")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.estimator == "fzoo" and self.directions < 2:
+            raise ConfigError(
+                f"estimator fzoo normalises by the std of a step's q losses: it needs directions >= 2, "
+                f"got {self.directions}"
+            )
+        if self.estimator == "fzoo" and self.dp_clip > 0:
+            raise ConfigError("estimator fzoo has no differentially private form here: use spsa with dp_clip")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 < self.mask_fraction <= 1.0:

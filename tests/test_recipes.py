@@ -34,7 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sparse-mask": {"mask_fraction": 0.25},
     "momentum": {"momentum": 0.9},
     "all-three": {"directions": 2, "estimator": "sign", "lr": 1e-4, "mask_fraction": 0.5},
-    "lora": {"lora_rank": 4, "lr": 1e-3},  # adapters on query/value, plus TINY's trainable set
+    "lora": {"lora_rank": 4, "lr": 1e-3},
+    "fzoo": {"estimator": "fzoo", "directions": 3, "lr": 1e-3},  # q + 1 forwards, std-normalised
 }
 
 
@@ -100,6 +101,44 @@ def test_q_directions_send_q_bytes_per_step_and_a_mask_freezes_the_rest(minilm: 
         assert 0 < moved <= 0.25 + 1 / t.param.numel()
 
 
+@pytest.mark.slow
+def test_fzoo_costs_q_plus_one_forwards_per_step_and_sends_unitless_scalars(minilm: Any) -> None:
+    import copy
+
+    from fedseed import data, tasks
+
+    model, tokenizer = minilm
+    model = copy.deepcopy(model)
+    forwards = {}
+    for estimator in ("spsa", "fzoo"):
+        settings = RunSettings(pool_size=16, local_steps=2, directions=4, lr=1e-2, estimator=estimator)
+        rounds = FedKSeedRounds(settings, run_key("fzoo"))
+        engine = ZOEngine(model, TrainableSet.from_model(model, include=["LayerNorm"]))
+        engine.follow(settings)
+        task = tasks.SequenceClassificationTask(model, tokenizer, max_length=24)
+        encoded = task.encode(data.load_vader("movies")[:8])
+        calls = [0]
+
+        def loss_for_step(
+            step: int, task: Any = task, encoded: Any = encoded, calls: list[int] = calls
+        ) -> Any:
+            def loss() -> Any:
+                calls[0] += 1
+                return tasks.loss(task, encoded)
+
+            return loss
+
+        start = engine.snapshot()
+        payload = run_local_round(engine, rounds, rounds.plan(0, [8]), 0, loss_for_step)
+        engine.restore(start)
+        assert len(payload) == 2 * 4  # q bytes per step either way
+        forwards[estimator] = calls[0]
+        if estimator == "fzoo":  # (f_i - f_0) / std(f): about unit size, so the codec's middle range
+            values = [abs(rounds.codec.decode(b)) for b in payload]
+            assert 0.05 < max(values) < 10 and all(b != 0 for b in payload)
+    assert forwards == {"spsa": 2 * 2 * 4, "fzoo": 2 * (4 + 1)}
+
+
 def test_trainable_presets_resolve_per_model() -> None:
     assert models.trainable_patterns("smollm2", ()) == models.DEFAULT_TRAINABLE["smollm2"]
     assert models.trainable_patterns("smollm2", ["all"]) == ("",)
@@ -117,7 +156,11 @@ def test_trainable_presets_resolve_per_model() -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("estimator=adam", "error: unknown estimator 'adam'; choose one of spsa, sign"),
+        ("estimator=adam", "error: unknown estimator 'adam'; choose one of spsa, sign, fzoo"),
+        (
+            "estimator=fzoo",
+            "error: estimator fzoo normalises by the std of a step's q losses: it needs directions >= 2",
+        ),
         ("directions=0", "error: directions must be in [1, 64], got 0"),
         ("mask_fraction=1.5", "error: mask_fraction must be in (0, 1], got 1.5"),
         ("mask_fraction=0", "error: mask_fraction must be in (0, 1], got 0.0"),

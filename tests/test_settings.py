@@ -40,7 +40,8 @@ non_negative = st.floats(min_value=0.0, max_value=100.0, allow_nan=False, allow_
 
 @st.composite
 def run_settings(draw: st.DrawFn) -> RunSettings:
-    dp_clip = draw(non_negative)
+    estimator = draw(st.sampled_from(ESTIMATORS))
+    dp_clip = 0.0 if estimator == "fzoo" else draw(non_negative)  # fzoo has no DP form
     return RunSettings(
         pool_size=draw(st.integers(1, 4096)),
         local_steps=draw(st.integers(1, 1000)),
@@ -55,8 +56,8 @@ def run_settings(draw: st.DrawFn) -> RunSettings:
         weight_cap=draw(st.sampled_from([0.0, 1.0, 2.0]) | st.floats(min_value=1.0, max_value=1e6)),
         dp_clip=dp_clip,
         dp_noise=draw(non_negative) if dp_clip > 0 else 0.0,
-        directions=draw(st.integers(1, 8)),
-        estimator=draw(st.sampled_from(ESTIMATORS)),
+        directions=draw(st.integers(2 if estimator == "fzoo" else 1, 8)),
+        estimator=estimator,
         momentum=draw(st.floats(min_value=0.0, max_value=0.999)),
         mask_fraction=draw(st.floats(min_value=1e-3, max_value=1.0)),
         codec="log",
