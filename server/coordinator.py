@@ -75,7 +75,10 @@ class CoordinatorConfig:
 
 
 @dataclass(frozen=True)
-class Task:
+class Assignment:
+    """A client's part in the open round: its slot (the wire calls this a task, GetTask/RoundTask;
+    not to be confused with fedseed.tasks, the ML task a model is trained on)."""
+
     round_index: int
     slot: int
     sample_counts: tuple[int, ...]
@@ -255,7 +258,7 @@ class Coordinator:
         self._notify()
         return closed
 
-    def task(self, client_id: int) -> Task | None:
+    def task(self, client_id: int) -> Assignment | None:
         """This client's open task, or None (nothing for it now, or the run is over)."""
         self._known(client_id)
         current = self._advance()
@@ -264,10 +267,10 @@ class Coordinator:
         replied = self.store.replies(current.round_index)
         for slot, owner in enumerate(current.slot_clients):
             if owner == client_id and slot not in replied:
-                return Task(current.round_index, slot, current.sample_counts)
+                return Assignment(current.round_index, slot, current.sample_counts)
         return None
 
-    def wait_for_task(self, client_id: int, wait_s: float) -> Task | None:
+    def wait_for_task(self, client_id: int, wait_s: float) -> Assignment | None:
         deadline = time.monotonic() + wait_s
         while True:
             task = self.task(client_id)
