@@ -75,3 +75,23 @@ def test_no_import_cycles_anywhere_in_the_package() -> None:
             if imported != importer and back:
                 cycles.append(" -> ".join((importer, *back)))
     assert cycles == []
+
+
+def test_the_layers_contract_fails_when_a_lower_layer_imports_a_higher_one(tmp_path: Path) -> None:
+    # A copy of the packages with one upward import: the engine's ledger importing the simulator.
+    import shutil
+    import subprocess
+    import sys
+
+    for package in ("fedseed", "server", "client"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    lint = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"]
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    clean = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    ledger = tmp_path / "fedseed" / "ledger.py"
+    ledger.write_text(ledger.read_text() + "\nfrom fedseed import simulate  # noqa\n")
+    broken = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert broken.returncode != 0 and "the core's layers" in broken.stdout and "BROKEN" in broken.stdout
+    assert "fedseed.ledger -> fedseed.simulate" in broken.stdout
