@@ -157,12 +157,18 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# Keys of a recorded config that replaying its ledger does not need: where and how it ran, and
+# the experiment knobs of older versions (Byzantine clients now live in bench/byzantine.py;
+# their bytes are in the ledger like any others).
+NOT_REPLAYED = ("out_dir", "progress", "byzantine", "attack")
+
+
 def _simulation(folder: Path) -> RunRecord:
     from fedseed import simulate
 
     summary = _json(folder / "summary.json") if (folder / "summary.json").exists() else None
     raw = summary["config"] if summary else _json(folder / "config.json")
-    raw = {k: v for k, v in raw.items() if k not in ("out_dir", "progress")}
+    raw = {k: v for k, v in raw.items() if k not in NOT_REPLAYED}
     try:
         config = simulate.config_from_dict(raw, str(folder))
     except ConfigError as exc:
@@ -196,7 +202,7 @@ def _peers(folder: Path) -> RunRecord:
     peer that wrote a summary for that many steps names the same hash."""
     from fedseed import simulate
 
-    raw = {k: v for k, v in _json(folder / "peer-config.json").items() if k not in ("out_dir", "progress")}
+    raw = {k: v for k, v in _json(folder / "peer-config.json").items() if k not in NOT_REPLAYED}
     try:
         config = simulate.config_from_dict(raw, str(folder))
     except ConfigError as exc:

@@ -43,7 +43,7 @@ from fedseed.ledger import Ledger, model_hash
 from fedseed.local import LocalClient, RoundResult
 from fedseed.replica import Replica
 from fedseed.rounds import ClosedRound, FedKSeedRounds
-from fedseed.seeds import PURPOSE_ATTACK, PURPOSE_DROPOUT, derive_seed, run_key
+from fedseed.seeds import PURPOSE_DROPOUT, derive_seed, run_key
 from fedseed.selection import Candidate, SelectionConfig, select
 from fedseed.settings import RunSettings, settings_of
 from fedseed.zo import TrainableSet, ZOEngine
@@ -51,22 +51,6 @@ from fedseed.zo import TrainableSet, ZOEngine
 log = logging.getLogger(__name__)
 
 ENGINES = ("inprocess", "flower")
-ATTACKS = ("sign-flip", "max", "random")
-
-
-def attacked(payload: bytes, attack: str, key: bytes, round_index: int, slot: int) -> bytes:
-    """What a Byzantine client sends instead of its honest bytes (simulation experiments).
-
-    sign-flip: every nonzero byte with its sign bit toggled; max: the largest magnitude the
-    codec carries, with the honest sign; random: derived uniform bytes. (NaN or infinity
-    cannot be sent at all: every byte decodes to a finite value.)
-    """
-    if attack == "sign-flip":
-        return bytes(b ^ 0x80 if b else 0 for b in payload)
-    if attack == "max":
-        return bytes((b & 0x80) | 0x7F for b in payload)
-    draws = (derive_seed(key, PURPOSE_ATTACK, round_index, slot, step) for step in range(len(payload)))
-    return bytes(d & 0xFF for d in draws)
 
 
 # Bytes per round besides the scalars, as measured on the gRPC wire (bench/wire_bytes.py):
@@ -92,8 +76,6 @@ class SimulationConfig(RunSettings):
     lr: float = 0.1  # ZO-SGD learning rate
     eps: float = 1e-3  # SPSA perturbation scale
     dp_delta: float = 1e-5  # DP: the delta at which epsilon is reported
-    byzantine: int = 0  # clients 0..byzantine-1 attack (an experiment knob, never on in a real run)
-    attack: str = "sign-flip"  # what a Byzantine client sends: sign-flip | max | random
     batch_size: int = 8  # examples per ZO step
     max_length: int = 48  # tokens per example
     trainable: tuple[str, ...] = ()  # a preset (all | norms-biases | default) or regexes; empty = default
@@ -148,12 +130,8 @@ class SimulationConfig(RunSettings):
             object.__setattr__(
                 self, "partition", dataclasses.replace(self.partition, num_clients=self.num_clients)
             )
-        if self.attack not in ATTACKS:
-            raise ConfigError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
         if not 0 < self.dp_delta < 1:
             raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
-        if not 0 <= self.byzantine <= self.num_clients:
-            raise ConfigError(f"byzantine must be in [0, num_clients], got {self.byzantine}")
         super().__post_init__()
 
     @property
@@ -451,10 +429,6 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             }
             results = transport.train(r, live, counts, history)
             replies = {slot: results[slot].scalars for slot in sorted(results)}
-            byzantine = {client_name(i) for i in range(config.byzantine)}
-            for slot in replies:
-                if chosen[slot] in byzantine:
-                    replies[slot] = attacked(replies[slot], config.attack, key, r, slot)
             for slot, result in results.items():
                 if np.isfinite(result.score):
                     scores[chosen[slot]] = result.score

@@ -224,3 +224,17 @@ def test_missing_and_corrupt_databases_are_clear_errors(
     not_a_run.write_text("hello")
     assert "no installed reader" in run(not_a_run)
     assert "not a run folder" in run(tmp_path)
+
+
+def test_a_run_recorded_with_the_old_byzantine_settings_still_reads(minilm_run: Any, tmp_path: Path) -> None:
+    # Before the Byzantine experiment moved to bench/, every config.json carried these two keys.
+    report, _, _ = minilm_run
+    run = tmp_path / "old"
+    shutil.copytree(report.run_dir, run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"] |= {"byzantine": 0, "attack": "sign-flip"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    from fedseed.report import status
+    from fedseed.runs import open_run
+
+    assert status(open_run(run))["rounds"] == report.rounds
