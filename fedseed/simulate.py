@@ -387,32 +387,44 @@ def run_simulation(config: SimulationConfig, setup: SimulationSetup | None = Non
     return drive(config, setup, InProcess(setup.clients))
 
 
+@dataclass
+class _Tally:
+    """What a run accumulates over its rounds (for metrics.jsonl, the report and privacy)."""
+
+    scores: dict[str, float | None]  # each client's latest reported score (selection reads them)
+    history: list[ClosedRound] = field(default_factory=list)  # the closed rounds, as they travel
+    client_steps: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    steps_by_client: dict[str, int] = field(default_factory=dict)
+
+
 def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport) -> SimulationReport:
     """The round loop every engine shares: select, train, aggregate, apply, record.
 
     ``setup.engine`` is the driver's model: it follows the agreed ledger (for
     evaluation and the final hash). In process it is also the clients' model.
     """
+    # 1. The run folder: config.json first, so that a run that stops early still reads back.
     run_dir = config.out_dir / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("ledger.jsonl", "metrics.jsonl", "summary.json"):  # no stale summary of an old run
         (run_dir / name).unlink(missing_ok=True)
-    key = setup.rounds.key
-    # Written first, so that a run that stops early can still be read back (fedseed status/export).
     (run_dir / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(config)), indent=2) + "\n")
+
+    # 2. Where we start: the base model's hash and held-out metrics; the clients join. They
+    # report a score at join, measured only for score-driven policies (uniform selects the same
+    # clients either way).
     base_hash = model_hash(setup.engine.model)
     loss_before, acc_before = evaluate(setup.task, setup.test_set)
     log.info("before: held-out loss %.4f, accuracy %.4f", loss_before, acc_before)
-    # Clients report a score at join; only score-driven policies read it, so the
-    # simulator measures it only for them (uniform selects the same clients either way).
     joined = transport.join(with_scores=config.selection.policy != "uniform")
-    scores = {name: score for name, (_, score) in joined.items()}
-    history: list[ClosedRound] = []
+    tally = _Tally(scores={name: score for name, (_, score) in joined.items()})
     replica = Replica(setup.rounds, setup.engine)  # the driver's copy follows the agreed rounds
     started = time.perf_counter()
-    client_steps = bytes_up = bytes_down = 0
-    steps_by_client: dict[str, int] = {}
     loss_after, acc_after = loss_before, acc_before
+
+    # 3. The rounds, each in the ledger and metrics.jsonl before the next one starts.
     on_terminal = config.progress and sys.stderr.isatty()
     with (
         Ledger(path=run_dir / "ledger.jsonl") as ledger,
@@ -420,49 +432,7 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
         tqdm(total=config.rounds, disable=not on_terminal, desc="rounds", unit="round") as bar,
     ):
         for r in range(config.rounds):
-            round_started = time.perf_counter()
-            candidates = [Candidate(name, n, scores[name]) for name, (n, _) in sorted(joined.items())]
-            chosen = select(config.selection, key, r, config.rounds, candidates, config.clients_per_round)
-            counts = tuple(joined[n][0] for n in chosen)
-            live = {
-                slot: name for slot, name in enumerate(chosen) if not dropped(key, r, slot, config.dropout)
-            }
-            results = transport.train(r, live, counts, history)
-            replies = {slot: results[slot].scalars for slot in sorted(results)}
-            for slot, result in results.items():
-                if np.isfinite(result.score):
-                    scores[chosen[slot]] = result.score
-            start_hashes = {res.start_hash for res in results.values()}
-            history.append(
-                ClosedRound(
-                    r,
-                    counts,
-                    tuple(replies),
-                    b"".join(replies.values()),
-                    start_hashes.pop() if len(start_hashes) == 1 else "",
-                )
-            )
-            entries = replica.apply(history[-1])
-            diagnostics = setup.rounds.last
-            for e in entries:
-                ledger.append(e)
-            client_steps += len(replies) * config.local_steps
-            for slot in replies:
-                steps_by_client[chosen[slot]] = steps_by_client.get(chosen[slot], 0) + config.local_steps
-            up = sum(len(p) + SUBMIT_OVERHEAD_B for p in replies.values())
-            down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
-            bytes_up, bytes_down = bytes_up + up, bytes_down + down
-            row: dict[str, Any] = {
-                "round": r, "start_hash": history[-1].start_hash,
-                "selected": chosen, "replied": [chosen[s] for s in replies],
-                "mean_score": _mean_known([scores[n] for n in chosen]), "entries": len(entries),
-                "client_steps": client_steps, "bytes_up": up, "bytes_down": down,
-                "bytes_total": bytes_up + bytes_down, "seconds": time.perf_counter() - round_started,
-                "clip_bound": diagnostics.clip_bound if np.isfinite(diagnostics.clip_bound) else None,
-                "clipped": sum(diagnostics.clipped.values()),
-                "anomaly": {chosen[s]: round(v, 4) for s, v in diagnostics.anomaly.items()},
-                "rejected": [chosen[s] for s in diagnostics.rejected],
-            }  # fmt: skip
+            row = _run_round(r, config, setup, transport, replica, joined, tally, ledger)
             if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
                 loss_after, acc_after = evaluate(setup.task, setup.test_set)
                 row.update(test_loss=loss_after, test_accuracy=acc_after)
@@ -473,25 +443,77 @@ def drive(config: SimulationConfig, setup: SimulationSetup, transport: Transport
             if config.progress and not on_terminal:
                 log.info(
                     "round %d/%d closed: %d replies, %d entries",
-                    r + 1,
-                    config.rounds,
-                    len(replies),
-                    len(entries),
-                )
+                    r + 1, config.rounds, len(row["replied"]), row["entries"],
+                )  # fmt: skip
+
+    # 4. Where we ended: summary.json (its presence marks the run finished).
     report = SimulationReport(
-        run_dir, model_hash(setup.engine.model), base_hash, config.rounds, client_steps, loss_before,
-        acc_before, loss_after, acc_after, bytes_up, bytes_down, time.perf_counter() - started,
+        run_dir, model_hash(setup.engine.model), base_hash, config.rounds, tally.client_steps,
+        loss_before, acc_before, loss_after, acc_after, tally.bytes_up, tally.bytes_down,
+        time.perf_counter() - started,
     )  # fmt: skip
-    model = setup.engine.model
     summary = {
         "config": jsonable(dataclasses.asdict(config)), **report.to_dict(),
         "trainable_params": setup.engine.trainable.numel,
-        "model_params": sum(p.numel() for p in model.parameters()),  # tied weights once
+        "model_params": sum(p.numel() for p in setup.engine.model.parameters()),  # tied weights once
     }  # fmt: skip
     if config.dp_clip > 0:
-        summary["privacy"] = privacy_report(config, setup, steps_by_client)
+        summary["privacy"] = privacy_report(config, setup, tally.steps_by_client)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report
+
+
+def _run_round(
+    r: int,
+    config: SimulationConfig,
+    setup: SimulationSetup,
+    transport: Transport,
+    replica: Replica,
+    joined: Mapping[str, tuple[int, float | None]],
+    tally: _Tally,
+    ledger: Ledger,
+) -> dict[str, Any]:
+    """One round: select, train the live slots, close it from their bytes, apply and log its
+    ledger step; returns its metrics row (held-out metrics are added by the caller)."""
+    round_started = time.perf_counter()
+    key = setup.rounds.key
+    # a. Selection over the clients' latest scores; dropped slots never reply.
+    candidates = [Candidate(name, n, tally.scores[name]) for name, (n, _) in sorted(joined.items())]
+    chosen = select(config.selection, key, r, config.rounds, candidates, config.clients_per_round)
+    counts = tuple(joined[n][0] for n in chosen)
+    live = {slot: name for slot, name in enumerate(chosen) if not dropped(key, r, slot, config.dropout)}
+    # b. Local training: each live slot's bytes, start hash and score.
+    results = transport.train(r, live, counts, tally.history)
+    replies = {slot: results[slot].scalars for slot in sorted(results)}
+    for slot, result in results.items():
+        if np.isfinite(result.score):
+            tally.scores[chosen[slot]] = result.score
+    # c. The closed round as it travels, and its agreed ledger step, applied and logged.
+    start_hashes = {res.start_hash for res in results.values()}
+    start_hash = start_hashes.pop() if len(start_hashes) == 1 else ""
+    tally.history.append(ClosedRound(r, counts, tuple(replies), b"".join(replies.values()), start_hash))
+    entries = replica.apply(tally.history[-1])
+    diagnostics = setup.rounds.last
+    for e in entries:
+        ledger.append(e)
+    # d. What it cost: client-steps and bytes (as measured on the gRPC wire, per message).
+    tally.client_steps += len(replies) * config.local_steps
+    for slot in replies:
+        tally.steps_by_client[chosen[slot]] = tally.steps_by_client.get(chosen[slot], 0) + config.local_steps
+    up = sum(len(p) + SUBMIT_OVERHEAD_B for p in replies.values())
+    down = len(chosen) * (TASK_OVERHEAD_B + sum(len(p) for p in replies.values()))
+    tally.bytes_up, tally.bytes_down = tally.bytes_up + up, tally.bytes_down + down
+    return {
+        "round": r, "start_hash": start_hash,
+        "selected": chosen, "replied": [chosen[s] for s in replies],
+        "mean_score": _mean_known([tally.scores[n] for n in chosen]), "entries": len(entries),
+        "client_steps": tally.client_steps, "bytes_up": up, "bytes_down": down,
+        "bytes_total": tally.bytes_up + tally.bytes_down, "seconds": time.perf_counter() - round_started,
+        "clip_bound": diagnostics.clip_bound if np.isfinite(diagnostics.clip_bound) else None,
+        "clipped": sum(diagnostics.clipped.values()),
+        "anomaly": {chosen[s]: round(v, 4) for s, v in diagnostics.anomaly.items()},
+        "rejected": [chosen[s] for s in diagnostics.rejected],
+    }  # fmt: skip
 
 
 def privacy_report(

@@ -118,3 +118,18 @@ def test_coordinator_and_clients_block_runs_verbatim(tmp_path: Path) -> None:
     assert len(summaries) == 3 and {s["rounds"] for s in summaries} == {5}
     assert len({s["model_hash"] for s in summaries}) == 1
     assert "rounds closed: 5" in proc.stdout and "clients: 3 (0 active)" in proc.stdout  # all left
+
+
+def test_the_default_simulations_byte_total_in_the_readme_is_what_it_counts() -> None:
+    # Bytes are counted per message as measured on the gRPC wire (fedseed.simulate's overheads):
+    # every replying client sends its scalars in a submit envelope and every selected client gets
+    # a task message with the round's reply bytes. No dropout in the default, so all reply.
+    from fedseed import simulate
+
+    config = simulate.SimulationConfig()
+    assert config.dropout == 0
+    replies = config.clients_per_round * config.local_steps * config.directions
+    up = replies + config.clients_per_round * simulate.SUBMIT_OVERHEAD_B
+    down = config.clients_per_round * (simulate.TASK_OVERHEAD_B + replies)
+    claimed = re.search(r"([0-9,]+) bytes on the wire in all", README)
+    assert claimed and int(claimed.group(1).replace(",", "")) == config.rounds * (up + down)
