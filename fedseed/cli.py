@@ -31,6 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, domain=args.domain, trainable=tuple(args.trainable or ()),
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=tuple(args.lora_target or ()),
         steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
         lr=args.lr, eps=args.eps, eval_size=args.eval_size, seed=args.seed, codec=args.codec,
         distribution=args.distribution,
@@ -174,6 +175,9 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="REGEX",
         help="parameter-name pattern to train (repeatable); default: the model's own (fedseed.train)",
     )
+    train.add_argument("--lora-rank", type=int, default=d.lora_rank, help="> 0: ZO over LoRA adapters")
+    train.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    train.add_argument("--lora-target", action="append", metavar="MODULE", help="default: query and value")
     train.add_argument("--steps", type=int, default=d.steps)
     train.add_argument("--batch-size", type=int, default=d.batch_size)
     train.add_argument("--max-length", type=int, default=d.max_length)

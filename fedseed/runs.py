@@ -240,10 +240,23 @@ def _training(folder: Path) -> RunRecord:
 
     manifest = _json(folder / "manifest.json")
     raw = {k: v for k, v in manifest["config"].items() if k not in ("out_dir", "progress")}
-    config = TrainConfig(**{**raw, "trainable": tuple(raw.get("trainable", ()))})
+    config = TrainConfig(
+        **{
+            **raw,
+            "trainable": tuple(raw.get("trainable", ())),
+            "lora_targets": tuple(raw.get("lora_targets", ())),
+        }
+    )
 
     def load() -> BaseModel:
-        return build_base(config.model, 2, config.seed, manifest["trainable"], manifest["distribution"])
+        if not config.lora_rank:
+            return build_base(config.model, 2, config.seed, manifest["trainable"], manifest["distribution"])
+        from fedseed import train
+
+        task = train.build_task(config)  # the adapters, from the run key, as the run built them
+        chosen = TrainableSet.from_model(task.model, include=_exact(manifest["trainable"]))
+        engine = ZOEngine(task.model, chosen, distribution=manifest["distribution"])
+        return BaseModel(task.model, task.tokenizer, engine)
 
     info = {
         "model": config.model, "dataset": f"vader-{config.domain}", "steps": config.steps,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fedseed import data, models, tasks
+from fedseed import data, lora, models, tasks
 from fedseed.codec import LogCodec, ScaledInt8Codec, uniform_from_seed
 from fedseed.errors import ConfigError
 from fedseed.ledger import Ledger, LedgerEntry, model_hash
@@ -44,6 +44,9 @@ class TrainConfig:
     model: str = "smollm2"  # smollm2 | minilm | minilm-proto (MiniLM scored against class prototypes)
     domain: str = "movies"  # VADER domain
     trainable: tuple[str, ...] = ()  # a preset (all | norms-biases | default) or regexes; empty = default
+    lora_rank: int = 0  # > 0: ZO over LoRA adapters of this rank (fedseed.lora), plus `trainable` if set
+    lora_alpha: int = 16  # LoRA scale alpha (the update is alpha/r x B A)
+    lora_targets: tuple[str, ...] = ()  # module names to adapt; empty = the attention's query and value
     steps: int = 80  # ZO steps (two forward passes each)
     batch_size: int = 16  # examples per step
     max_length: int = 48  # tokens per example
@@ -61,6 +64,14 @@ class TrainConfig:
         if self.model not in models.MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODEL_NAMES)}")
         models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex
+        if not 0 <= self.lora_rank <= 4096:
+            raise ConfigError(
+                f"lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got {self.lora_rank}"
+            )
+        if self.lora_targets and self.lora_rank == 0:
+            raise ConfigError("lora_targets is set but lora_rank is 0: set lora_rank >= 1 to train adapters")
+        if not 1 <= self.lora_alpha <= 1 << 16:
+            raise ConfigError(f"lora_alpha must be in [1, 65536], got {self.lora_alpha}")
         for name in ("steps", "batch_size", "max_length", "eval_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -119,7 +130,18 @@ class OneByteQuantizer:
 
 def build_task(config: TrainConfig) -> tasks.Task:
     model, tokenizer = models.load_model(config.model, num_labels=2, init_seed=config.seed)
+    if config.lora_rank:  # adapters initialised from the run key (fedseed.lora)
+        model = lora.add_adapters(
+            model, config.model, config.lora_rank, config.lora_alpha, config.lora_targets, config.run_name
+        )
     return tasks.for_model(config.model, model, tokenizer, config.max_length)
+
+
+def trainable_patterns(config: TrainConfig, model: object) -> list[str]:
+    patterns = list(models.trainable_patterns(config.model, config.trainable))
+    if config.lora_rank:
+        return lora.trainable_patterns(model, patterns if config.trainable else [])  # type: ignore[arg-type]
+    return patterns
 
 
 def run_training(config: TrainConfig) -> TrainReport:
@@ -127,8 +149,7 @@ def run_training(config: TrainConfig) -> TrainReport:
     # 1. data and model
     train_set, test_set = data.split(data.load_vader(config.domain), config.eval_size, config.seed)
     task = build_task(config)
-    patterns = models.trainable_patterns(config.model, config.trainable)
-    trainable = TrainableSet.from_model(task.model, include=patterns)
+    trainable = TrainableSet.from_model(task.model, include=trainable_patterns(config, task.model))
     engine = ZOEngine(
         task.model,
         trainable,

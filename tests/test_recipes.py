@@ -274,3 +274,19 @@ def test_manifest_of_a_lora_simulation_config_lists_its_adapters(
     assert all(f'"{name}"' in printed for name in built.trainable.names) and ".lora_A." in printed
     assert cli.main(["manifest"]) == 2  # neither --trainable nor --config: one line
     assert "needs --trainable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fedseed_train_with_lora_exports_merged_and_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--model", "minilm-proto", "--lora-rank", "2", "--steps", "3", "--batch-size", "4",
+            "--eval-size", "16", "--max-length", "24", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert cli.main(args) == 0
+    trained_hash = capsys.readouterr().out.split("model hash: ")[1].split()[0]
+    out = tmp_path / "exported"
+    assert cli.main(["export", "--run", str(tmp_path / "default"), "--out", str(out)]) == 0
+    assert f"model hash: {trained_hash} (verified" in capsys.readouterr().out
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "model.safetensors").exists()
+    assert cli.main([*args[:3], "--lora-rank", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "lora_rank must be in [1, 4096]" in capsys.readouterr().err
