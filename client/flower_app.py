@@ -19,10 +19,12 @@ loaded client in a small registry keyed by node id (:func:`register`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -39,6 +41,8 @@ JOIN_KEY = "fedseed.join"
 # Flower's simulation engine runs this app in Ray workers: they build their clients
 # from the simulation config the driver puts here (JSON of a SimulationConfig).
 CONFIG_ENV = "FEDSEED_SIMULATION_CONFIG"
+# On Flower's Deployment Engine: the SuperNode's node config names the config file instead.
+NODE_CONFIG_KEY = "simulation-config"
 
 _RUNTIMES: dict[int, LocalClient] = {}
 
@@ -67,13 +71,26 @@ _SHARED: dict[str, _SharedModel] = {}
 
 
 def _simulation_client(context: Context) -> tuple[LocalClient, _SharedModel]:
-    """This worker's client for the node's partition, built from the driver's config."""
+    """This node's client for its partition, built from the run's simulation config.
+
+    The config comes from the driver (Flower's Simulation Engine: JSON in ``CONFIG_ENV``) or,
+    on Flower's Deployment Engine, from the SuperNode's node config: ``simulation-config`` (the
+    path of a simulation TOML on that machine) and ``partition-id`` (which client it is)."""
     raw = os.environ.get(CONFIG_ENV)
-    if raw is None:
-        raise RuntimeError(f"no fedseed client registered for node {context.node_id}")
-    shared = _SHARED.get(raw)
+    path = context.node_config.get(NODE_CONFIG_KEY)
+    if raw is None and path is None:
+        raise RuntimeError(
+            f"no fedseed client for node {context.node_id}: start the SuperNode with "
+            f"--node-config \"partition-id=I {NODE_CONFIG_KEY}='PATH.toml'\""
+        )
+    key = raw if raw is not None else f"path:{path}"
+    shared = _SHARED.get(key)
     if shared is None:
-        shared = _SHARED[raw] = _SharedModel(simulate.build(simulate.config_from_dict(json.loads(raw))))
+        if raw is not None:
+            config = simulate.config_from_dict(json.loads(raw))
+        else:
+            config = dataclasses.replace(simulate.load_config(Path(str(path))), engine="inprocess")
+        shared = _SHARED[key] = _SharedModel(simulate.build(config))
     return shared.setup.clients[int(context.node_config["partition-id"])], shared
 
 

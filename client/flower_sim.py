@@ -16,10 +16,8 @@ state lives in the worker that ran it, so with a loss-scored data curriculum
 the engine runs one worker (every CPU per client), keeping the run identical to
 the in-process one.
 
-For Flower's deployment engine (``flwr run`` against a SuperLink), use
-``fedseed.client.flower_sim:server_app`` and ``fedseed.client.flower_app:app``
-as the apps, with runtime dependency installation disabled so it never pulls
-another torch (docs/running.md; not exercised here).
+For Flower's Deployment Engine (``flwr run`` against a SuperLink) see
+:mod:`fedseed.client.flower_deploy` and the app folder ``deploy/flower/``.
 """
 
 from __future__ import annotations

@@ -61,5 +61,5 @@ def test_the_client_app_gives_the_bytes_of_a_direct_local_round(minilm: Any) -> 
 
 
 def test_an_unregistered_node_is_a_clear_error() -> None:
-    with pytest.raises(RuntimeError, match="no fedseed client registered for node 999"):
+    with pytest.raises(RuntimeError, match="no fedseed client for node 999: start the SuperNode with"):
         flower_host.call(flower_app.app, 999, "train", task_content(0, 0, (1,)))
