@@ -107,33 +107,25 @@ def client(stub: pb_grpc.CoordinatorStub, name: str, local_steps: int, rounds: i
             break
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pool-size", type=int, default=4096)
-    parser.add_argument("--local-steps", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    params = RunParams("wire-bytes", RunSettings(args.pool_size, args.local_steps, 1e-6, 1e-3))
-    config = CoordinatorConfig(params, MANIFEST, clients_per_round=args.clients, rounds=args.rounds)
+def measure(pool_size: int, local_steps: int, clients: int, rounds: int) -> dict[str, float]:
+    """One run of the coordinator with protocol clients: bytes per client per round."""
+    params = RunParams("wire-bytes", RunSettings(pool_size, local_steps, 1e-6, 1e-3))
+    config = CoordinatorConfig(params, MANIFEST, clients_per_round=clients, rounds=rounds)
     with tempfile.TemporaryDirectory() as tmp:
         coordinator = Coordinator(CoordinatorStore(Path(tmp) / "bench.db"), config)
-        server, port, health = create_server(coordinator, max_workers=args.clients * 2 + 4)
+        server, port, health = create_server(coordinator, max_workers=clients * 2 + 4)
         server.start()
         relay = CountingRelay(port)
         # One channel (one TCP connection) per client, as separate machines would have.
         channels = [
             grpc.insecure_channel(f"127.0.0.1:{relay.port}", options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(args.clients)
+            for _ in range(clients)
         ]
         threads = [
             threading.Thread(
-                target=client,
-                args=(pb_grpc.CoordinatorStub(channels[i]), f"c{i:03d}", args.local_steps, args.rounds),
+                target=client, args=(pb_grpc.CoordinatorStub(channels[i]), f"c{i:03d}", local_steps, rounds)
             )
-            for i in range(args.clients)
+            for i in range(clients)
         ]
         for t in threads:
             t.start()
@@ -150,18 +142,34 @@ def main() -> None:
         )
         return value or 0.0
 
-    methods = ["GetTask", "Join", "Submit", "Sync"]
-    up_by = {m: counted(m, "up") for m in methods}
-    down_by = {m: counted(m, "down") for m in methods}
-    per = args.clients * args.rounds
+    per = clients * rounds
+    figures = {f"{m}_{d}": counted(m, d) / per for m in METHODS for d in ("up", "down")}
+    figures |= {"socket_up": relay.up / per, "socket_down": relay.down / per}
+    return figures
+
+
+METHODS = ["GetTask", "Join", "Submit", "Sync"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pool-size", type=int, default=4096)
+    parser.add_argument("--local-steps", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    figures = measure(args.pool_size, args.local_steps, args.clients, args.rounds)
     print(f"K={args.pool_size}, {args.local_steps} local steps, {args.clients} clients per round, "
-          f"{args.rounds} rounds; bytes per client per round (serialized protobuf):")  # fmt: skip
+          f"{args.rounds} rounds; bytes per client per round:")  # fmt: skip
     print("| method | up | down |\n|---|---|---|")
-    for method in methods:
-        print(f"| {method} | {up_by[method] / per:.0f} | {down_by[method] / per:.0f} |")
-    up, down = sum(up_by.values()) / per, sum(down_by.values()) / per
+    for method in METHODS:
+        print(f"| {method} | {figures[method + '_up']:.0f} | {figures[method + '_down']:.0f} |")
+    up = sum(figures[m + "_up"] for m in METHODS)
+    down = sum(figures[m + "_down"] for m in METHODS)
     print(f"| **total (protobuf)** | **{up:.0f}** | **{down:.0f}** |")
-    socket_up, socket_down = relay.up / per, relay.down / per
+    socket_up, socket_down = figures["socket_up"], figures["socket_down"]
     print(f"| **at the socket** | **{socket_up:.0f}** | **{socket_down:.0f}** |")
     print(f"up + down at the socket: {socket_up + socket_down:.0f} B per client per round "
           f"(protobuf only: {up + down:.0f} B; FedKSeed: 17,984 B of payload; the connection set-up "
