@@ -66,7 +66,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     sim.write_text(CONFIG)
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop(simulate_config_env(), None)
-    processes = []
+    processes: list[subprocess.Popen[bytes]] = []
 
     def start(*command: str, log: str) -> None:
         with open(tmp_path / log, "wb") as out:
@@ -85,6 +85,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
             str(superlink_port),
             log="superlink.log",
         )
+        _wait_for_port(superlink_port, processes[0], tmp_path / "superlink.log")  # flwr run needs it up
         for i in range(3):
             start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
                   "--node-config", f"partition-id={i} simulation-config='{sim}'", "--port", str(_free_port()),
@@ -95,6 +96,17 @@ def federation(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the process and everything it started
             proc.wait(timeout=30)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    """Until the SuperLink accepts connections (its HTTP API starts a few seconds after launch)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the SuperLink did not listen on {port} within {timeout_s:.0f} s")
 
 
 def simulate_config_env() -> str:
