@@ -93,6 +93,7 @@ class DelayProxy:
     def __init__(self, target_port: int, delay_s: float = 0.0) -> None:
         self.target_port, self.delay_s = target_port, delay_s
         self.bytes = {"up": 0, "down": 0}
+        self._count_lock = threading.Lock()  # every connection's pumps add to the same counts
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closed = threading.Event()
@@ -115,7 +116,8 @@ class DelayProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         try:
             while chunk := src.recv(65536):
-                self.bytes[direction] += len(chunk)  # one pump per direction: no other writer
+                with self._count_lock:
+                    self.bytes[direction] += len(chunk)
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 dst.sendall(chunk)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/flower_wire_bytes.py                 # 3 clients, 3 rounds, 20 local steps
 
 The same round shape both ways, in one run, counted at the socket by the same byte-counting
-TCP relay (bench/wire_bytes.py's): HTTP framing, headers and keep-alives included.
+TCP relay (bench/fault_injection.py's DelayProxy, no delay): HTTP framing, headers and keep-alives included.
 
 - **Flower**: a real SuperLink, ``--clients`` SuperNodes that reach it only through the
   relay, and ``flwr run deploy/flower`` of a small MiniLM simulation (the CLI talks to the
@@ -35,7 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wire_bytes import CountingRelay, measure
+from fault_injection import DelayProxy
+from wire_bytes import measure
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,7 +77,7 @@ def flower_bytes(clients: int, rounds: int, local_steps: int, work: Path) -> dic
         start("flower-superlink", "--insecure", "--disable-runtime-dependency-installation", "--database",
               str(work / "superlink.db"), "--port", str(port), log="superlink.log")  # fmt: skip
         time.sleep(3)
-        relay = CountingRelay(port)
+        relay = DelayProxy(port)  # no delay: it only counts the bytes each way
         for i in range(clients):
             start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{relay.port}",
                   "--node-config", f"partition-id={i} simulation-config='{sim}'", "--port", str(_free_port()),
@@ -91,8 +92,8 @@ def flower_bytes(clients: int, rounds: int, local_steps: int, work: Path) -> dic
             raise RuntimeError(f"flwr run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
         per = clients * rounds
         return {
-            "up": relay.up / per,
-            "down": relay.down / per,
+            "up": relay.bytes["up"] / per,
+            "down": relay.bytes["down"] / per,
             "final_hash": json.loads(summary.read_text())["final_hash"],
         }
     finally:

@@ -18,9 +18,7 @@ client per round (K float32 totals down, 200 (index, value) pairs up).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -29,6 +27,9 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fault_injection import DelayProxy
 
 from fedseed import serde
 from fedseed.manifest import Manifest
@@ -41,47 +42,6 @@ from fedseed.server.store import CoordinatorStore
 from fedseed.settings import RunParams, RunSettings
 
 MANIFEST = Manifest(STREAM_NAME, "sha256:" + "0" * 64, "bench", tuple(f"layer.{i}.weight" for i in range(4)))
-
-
-class CountingRelay:
-    """A TCP relay on loopback that counts the bytes each way (client -> server is up)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.up = self.down = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(downstream, upstream, "up"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, downstream, "down"), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
-        try:
-            while data := source.recv(65536):
-                with self._lock:
-                    if direction == "up":
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def client(stub: pb_grpc.CoordinatorStub, name: str, local_steps: int, rounds: int) -> None:
@@ -115,7 +75,7 @@ def measure(pool_size: int, local_steps: int, clients: int, rounds: int) -> dict
         coordinator = Coordinator(CoordinatorStore(Path(tmp) / "bench.db"), config)
         server, port, health = create_server(coordinator, max_workers=clients * 2 + 4)
         server.start()
-        relay = CountingRelay(port)
+        relay = DelayProxy(port)  # no delay: it only counts the bytes each way
         # One channel (one TCP connection) per client, as separate machines would have.
         channels = [
             grpc.insecure_channel(f"127.0.0.1:{relay.port}", options=[("grpc.use_local_subchannel_pool", 1)])
@@ -144,7 +104,7 @@ def measure(pool_size: int, local_steps: int, clients: int, rounds: int) -> dict
 
     per = clients * rounds
     figures = {f"{m}_{d}": counted(m, d) / per for m in METHODS for d in ("up", "down")}
-    figures |= {"socket_up": relay.up / per, "socket_down": relay.down / per}
+    figures |= {"socket_up": relay.bytes["up"] / per, "socket_down": relay.bytes["down"] / per}
     return figures
 
 

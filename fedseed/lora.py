@@ -39,6 +39,16 @@ DEFAULT_TARGETS = {
 ADAPTER_PATTERN = r"\.lora_[AB]\."  # the adapters' parameter names (a TrainableSet pattern)
 
 
+def check_settings(rank: int, alpha: int, targets: Sequence[str]) -> None:
+    """One line for a bad ``lora_rank`` / ``lora_alpha`` / ``lora_targets`` (train and simulate)."""
+    if not 0 <= rank <= 4096:
+        raise ConfigError(f"lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got {rank}")
+    if targets and rank == 0:
+        raise ConfigError("lora_targets is set but lora_rank is 0: set lora_rank >= 1 to train adapters")
+    if not 1 <= alpha <= 1 << 16:
+        raise ConfigError(f"lora_alpha must be in [1, 65536], got {alpha}")
+
+
 def targets_for(model_name: str, targets: Sequence[str]) -> tuple[str, ...]:
     return tuple(targets) if targets else DEFAULT_TARGETS[model_name]
 

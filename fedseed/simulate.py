@@ -117,14 +117,7 @@ class SimulationConfig(RunSettings):
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex, now
-        if not 0 <= self.lora_rank <= 4096:
-            raise ConfigError(
-                f"lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got {self.lora_rank}"
-            )
-        if self.lora_targets and self.lora_rank == 0:
-            raise ConfigError("lora_targets is set but lora_rank is 0: set lora_rank >= 1 to train adapters")
-        if not 1 <= self.lora_alpha <= 1 << 16:
-            raise ConfigError(f"lora_alpha must be in [1, 65536], got {self.lora_alpha}")
+        lora.check_settings(self.lora_rank, self.lora_alpha, self.lora_targets)
         check_device(self.device)
         if self.partition.num_clients != self.num_clients:  # one setting, at the top level
             object.__setattr__(

@@ -64,14 +64,7 @@ class TrainConfig:
         if self.model not in models.MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODEL_NAMES)}")
         models.trainable_patterns(self.model, self.trainable)  # an unknown preset or a bad regex
-        if not 0 <= self.lora_rank <= 4096:
-            raise ConfigError(
-                f"lora_rank must be in [1, 4096] for LoRA (0 = no adapters), got {self.lora_rank}"
-            )
-        if self.lora_targets and self.lora_rank == 0:
-            raise ConfigError("lora_targets is set but lora_rank is 0: set lora_rank >= 1 to train adapters")
-        if not 1 <= self.lora_alpha <= 1 << 16:
-            raise ConfigError(f"lora_alpha must be in [1, 65536], got {self.lora_alpha}")
+        lora.check_settings(self.lora_rank, self.lora_alpha, self.lora_targets)
         for name in ("steps", "batch_size", "max_length", "eval_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
