@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Without CUDA, Triton kernels run in Triton's CPU interpreter
+# (tests/perturb/test_triton.py). triton reads the flag when each jit function,
+# its own library included, is decorated, so it must be set before anything
+# imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_DIR = REPO / "docs" / "spec"  # the project's own copy of the stream spec and its known answers

@@ -10,9 +10,11 @@ One kernel serves both uses:
   order, and reads and writes the tensor once.
 
 The arithmetic is the reference's (plain float32 adds, no multiply, so no
-FMA contraction; round-to-nearest-even on the store), so the bits match
-:mod:`fedseed.perturb.reference`; ``tests/perturb/test_triton.py`` checks that
-on a GPU and is skipped elsewhere. Importing this module needs triton.
+FMA contraction; round-to-nearest-even on the store; bfloat16 widened and
+rounded in integer arithmetic), so the bits match
+:mod:`fedseed.perturb.reference`. ``tests/perturb/test_triton.py`` checks that
+compiled on a GPU, and in Triton's CPU interpreter everywhere else (CI).
+Importing this module needs triton.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _philox(c0, c1, c2, c3, k0, k1):
 # that would compile new variants at run time, and turn a key word into a constexpr.
 @triton.jit(do_not_specialize=["k0_single", "k1_single", "coef_single", "tensor_id", "stream"])
 def _apply_kernel(
-    src_ptr,
+    src_ptr,  # src; viewed as int16 for bfloat16
     dst_bits_ptr,  # dst viewed as int32 (float32) or int16 (bfloat16, float16)
     mask_ptr,
     words_ptr,  # int64 [num_entries, 2]: key words k0, k1 (each < 2**32); unused if SINGLE
@@ -66,6 +68,7 @@ def _apply_kernel(
     HAS_MASK: tl.constexpr,
     TILE: tl.constexpr,
     STORE_DTYPE: tl.constexpr,
+    BFLOAT16: tl.constexpr,  # STORE_DTYPE is bfloat16: widen and round in integer arithmetic
     CANONICAL_NAN: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -86,7 +89,8 @@ def _apply_kernel(
         if SINGLE:
             k0 = k0_single.to(tl.uint32)
             k1 = k1_single.to(tl.uint32)
-            coef = coef_single.to(tl.float32)
+            # tl.full, not .to(): the interpreter passes a float argument as a Python float.
+            coef = tl.full([], coef_single, tl.float32)
         else:
             k0 = tl.load(words_ptr + 2 * k).to(tl.uint32)
             k1 = tl.load(words_ptr + 2 * k + 1).to(tl.uint32)
@@ -104,10 +108,25 @@ def _apply_kernel(
     if HAS_MASK:
         keep = tl.load(mask_ptr + offsets, mask=in_bounds, other=0)
         delta = tl.where(keep != 0, delta, 0.0)
-    x = tl.load(src_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
+    if BFLOAT16:
+        # src comes as int16 bits: widening is a 16-bit shift, exact for every
+        # value (the CPU interpreter's bfloat16 -> float32 mishandles subnormals).
+        src_bits = tl.load(src_ptr + offsets, mask=in_bounds, other=0).to(tl.uint16, bitcast=True)
+        x = (src_bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        x = tl.load(src_ptr + offsets, mask=in_bounds, other=0.0).to(tl.float32)
     y = x + delta
     # Store through an integer view so a NaN gets exactly the canonical pattern.
-    bits = y.to(STORE_DTYPE).to(dst_bits_ptr.dtype.element_ty, bitcast=True)
+    if BFLOAT16:
+        # Round to nearest even in integer arithmetic: the spec's rounding, spelled
+        # out, so it does not depend on the conversion instruction (Triton's CPU
+        # interpreter truncates float32 -> bfloat16). bfloat16 keeps float32's
+        # exponent, so the carry handles subnormals and overflow to inf alike.
+        y_bits = y.to(tl.uint32, bitcast=True)
+        rounded = (y_bits + 0x7FFF + ((y_bits >> 16) & 1)) >> 16
+        bits = rounded.to(tl.uint16).to(dst_bits_ptr.dtype.element_ty, bitcast=True)
+    else:
+        bits = y.to(STORE_DTYPE).to(dst_bits_ptr.dtype.element_ty, bitcast=True)
     bits = tl.where(y != y, CANONICAL_NAN, bits)
     tl.store(dst_bits_ptr + offsets, bits, mask=in_bounds)
 
@@ -132,6 +151,7 @@ def apply_entries(
     n = src.numel()
     mask_arg = mask.reshape(-1).view(torch.uint8) if mask is not None else src  # unused without mask
     int_dtype = torch.int32 if dst.dtype == torch.float32 else torch.int16
+    src_arg = src.reshape(-1).view(torch.int16) if src.dtype == torch.bfloat16 else src.reshape(-1)
     grid = (triton.cdiv(triton.cdiv(n, BLOCK), TILE_BLOCKS),)
     single = len(seeds) == 1
     if single:
@@ -142,9 +162,10 @@ def apply_entries(
         words, coef32 = _entry_arrays(src.device, tuple(seeds), tuple(float(c) for c in coefs))
         k0, k1, coef_single = 0, 0, 0.0
     _apply_kernel[grid](
-        src.reshape(-1), dst.reshape(-1).view(int_dtype), mask_arg, words, coef32,
+        src_arg, dst.reshape(-1).view(int_dtype), mask_arg, words, coef32,
         k0, k1, coef_single, tensor_id, STREAM_PERTURB, n, len(seeds),
         SINGLE=single, HAS_MASK=mask is not None, TILE=TILE_BLOCKS, STORE_DTYPE=_TL_DTYPES[dst.dtype],
+        BFLOAT16=dst.dtype == torch.bfloat16,
         CANONICAL_NAN=CANONICAL_NAN_BITS[dst.dtype],
     )  # fmt: skip
 
