@@ -11,7 +11,9 @@ narrowed with round-to-nearest-even exactly as torch does.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -26,6 +28,12 @@ _W0 = uint64(0x9E3779B9)
 _W1 = uint64(0xBB67AE85)
 _MASK32 = uint64(0xFFFFFFFF)
 _F32_NAN = np.array([0x7FC00000], dtype=np.uint32).view(np.float32)[0]
+
+# Blocks per parallel task. A task allocates its scratch once, not once per 128-element
+# block: numba's allocator serialises the threads, and with one allocation per block the
+# threaded kernel ran no faster on 2 threads than on 1 (0.29 vs 0.28 Gelem/s; 64 blocks
+# per task: 0.67 on 2 threads, 0.38 on 1; measured on the 2-core CI machine).
+TASK_BLOCKS = 64
 
 
 @njit(inline="always", cache=True)
@@ -83,17 +91,18 @@ def _apply_f32(
     n = src.shape[0]
     use_mask = mask.shape[0] == n
     num_blocks = (n + BLOCK - 1) // BLOCK
-    for b in prange(num_blocks):
-        delta = np.empty(BLOCK, dtype=np.float32)
-        _block_delta(b, uint64(tensor_id), uint64(STREAM_PERTURB), keys0, keys1, coefs, delta)
-        start = b * BLOCK
-        stop = min(n, start + BLOCK)
-        for i in range(start, stop):
-            d = delta[i - start]
-            if use_mask and not mask[i]:
-                d = np.float32(0.0)
-            y = src[i] + d
-            dst[i] = y if y == y else _F32_NAN  # canonical NaN (reference.CANONICAL_NAN_BITS)
+    for chunk in prange((num_blocks + TASK_BLOCKS - 1) // TASK_BLOCKS):
+        delta = np.empty(BLOCK, dtype=np.float32)  # once per task: see TASK_BLOCKS
+        for b in range(chunk * TASK_BLOCKS, min(num_blocks, (chunk + 1) * TASK_BLOCKS)):
+            _block_delta(b, uint64(tensor_id), uint64(STREAM_PERTURB), keys0, keys1, coefs, delta)
+            start = b * BLOCK
+            stop = min(n, start + BLOCK)
+            for i in range(start, stop):
+                d = delta[i - start]
+                if use_mask and not mask[i]:
+                    d = np.float32(0.0)
+                y = src[i] + d
+                dst[i] = y if y == y else _F32_NAN  # canonical NaN (reference.CANONICAL_NAN_BITS)
 
 
 @njit(parallel=True, cache=True)
@@ -139,27 +148,28 @@ def _apply_bf16(
     n = src.shape[0]
     use_mask = mask.shape[0] == n
     num_blocks = (n + BLOCK - 1) // BLOCK
-    for b in prange(num_blocks):
-        delta = np.empty(BLOCK, dtype=np.float32)
+    for chunk in prange((num_blocks + TASK_BLOCKS - 1) // TASK_BLOCKS):
+        delta = np.empty(BLOCK, dtype=np.float32)  # once per task: see TASK_BLOCKS
         widened = np.empty(BLOCK, dtype=np.uint32)
-        _block_delta(b, uint64(tensor_id), uint64(STREAM_PERTURB), keys0, keys1, coefs, delta)
-        start = b * BLOCK
-        stop = min(n, start + BLOCK)
-        for i in range(start, stop):
-            widened[i - start] = uint32(src[i]) << uint32(16)
         values = widened.view(np.float32)
-        for i in range(start, stop):
-            d = delta[i - start]
-            if use_mask and not mask[i]:
-                d = np.float32(0.0)
-            values[i - start] = values[i - start] + d
-        for i in range(start, stop):
-            bits = widened[i - start]
-            if (bits & uint32(0x7FFFFFFF)) > uint32(0x7F800000):  # NaN: the canonical one
-                dst[i] = np.uint16(0x7FC0)
-            else:  # round to nearest even, as c10::BFloat16 does
-                rounding = uint32(0x7FFF) + ((bits >> uint32(16)) & uint32(1))
-                dst[i] = np.uint16((bits + rounding) >> uint32(16))
+        for b in range(chunk * TASK_BLOCKS, min(num_blocks, (chunk + 1) * TASK_BLOCKS)):
+            _block_delta(b, uint64(tensor_id), uint64(STREAM_PERTURB), keys0, keys1, coefs, delta)
+            start = b * BLOCK
+            stop = min(n, start + BLOCK)
+            for i in range(start, stop):
+                widened[i - start] = uint32(src[i]) << uint32(16)
+            for i in range(start, stop):
+                d = delta[i - start]
+                if use_mask and not mask[i]:
+                    d = np.float32(0.0)
+                values[i - start] = values[i - start] + d
+            for i in range(start, stop):
+                bits = widened[i - start]
+                if (bits & uint32(0x7FFFFFFF)) > uint32(0x7F800000):  # NaN: the canonical one
+                    dst[i] = np.uint16(0x7FC0)
+                else:  # round to nearest even, as c10::BFloat16 does
+                    rounding = uint32(0x7FFF) + ((bits >> uint32(16)) & uint32(1))
+                    dst[i] = np.uint16((bits + rounding) >> uint32(16))
 
 
 _EMPTY_MASK = np.zeros(0, dtype=np.bool_)
@@ -172,10 +182,25 @@ _EMPTY_MASK_2D = np.zeros((0, 0), dtype=np.bool_)
 # than it saves, and every region wakes numba's OpenMP team (below).
 PARALLEL_MIN_NUMEL = 1 << 16
 
-# The same kernels compiled without threads (prange runs as range): identical arithmetic and bits.
-_apply_f32_serial = njit(cache=True)(_apply_f32.py_func)
-_apply_rows_f32_serial = njit(cache=True)(_apply_rows_f32.py_func)
-_apply_bf16_serial = njit(cache=True)(_apply_bf16.py_func)
+
+def _serial_twin(kernel: Any) -> Any:
+    """``kernel`` compiled without threads (prange runs as range): identical arithmetic and bits.
+
+    The twin is cached under its own name. numba names a cache entry after the function's
+    qualified name and line, not its flags: ``njit(cache=True)(kernel.py_func)`` shared the
+    threaded kernel's entry, so whichever compiled first served both. The threaded path ran
+    on one thread (MiniLM's perturbation pass 21.7 -> 38 ms), or the serial one started
+    numba's thread team (the contention between processes it exists to avoid).
+    """
+    fn = kernel.py_func
+    twin = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__)
+    twin.__qualname__ = f"{fn.__qualname__}_serial"
+    return njit(cache=True)(twin)
+
+
+_apply_f32_serial = _serial_twin(_apply_f32)
+_apply_rows_f32_serial = _serial_twin(_apply_rows_f32)
+_apply_bf16_serial = _serial_twin(_apply_bf16)
 
 
 def _parallel(numel: int) -> bool:

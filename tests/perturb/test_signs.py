@@ -173,3 +173,13 @@ def test_signs_at_scattered_indices_match_the_dense_stream() -> None:
     dense = reference.signs(9, 1234, 5000, torch.device("cpu"))
     idx = torch.tensor([0, 1, 127, 128, 4999, 2500, 31, 32])
     assert torch.equal(reference.signs_at(9, 1234, idx), dense[idx])
+
+
+@pytest.mark.parametrize("name", ["_apply_f32", "_apply_rows_f32", "_apply_bf16"])
+def test_threaded_and_serial_kernels_have_their_own_cache_entries(name: str) -> None:
+    # numba names a cache entry after the function, not its flags: a shared entry let
+    # whichever kernel compiled first serve both (the threaded path ran on one thread).
+    threaded, serial = getattr(cpu, name), getattr(cpu, f"{name}_serial")
+    assert threaded.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+    index = [k._cache._cache_file._index_name for k in (threaded, serial)]
+    assert index[0] != index[1]
