@@ -38,6 +38,7 @@ from fedseed.rounds import ClosedRound
 TASK_KEY = "fedseed.task"
 REPLY_KEY = "fedseed.reply"
 JOIN_KEY = "fedseed.join"
+CURRICULUM_KEY = "fedseed.curriculum"  # a node's curriculum state in its Flower Context
 # Flower's simulation engine runs this app in Ray workers: they build their clients
 # from the simulation config the driver puts here (JSON of a SimulationConfig).
 CONFIG_ENV = "FEDSEED_SIMULATION_CONFIG"
@@ -118,18 +119,38 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     task = msg.content[TASK_KEY]
     runtime = _RUNTIMES.get(context.node_id)
+    hosted = runtime is not None
     if runtime is None:
         runtime, shared = _simulation_client(context)
         history = [serde.closed_round_from_bytes(b) for b in cast(list[bytes], task.get("history", []))]
         shared.catch_up(history)
+        _restore_curriculum(runtime, context)
     round_index, slot = cast(int, task["round"]), cast(int, task["slot"])
     result = runtime.train_round(round_index, slot, cast(list[int], task["sample_counts"]))
+    if not hosted:
+        _keep_curriculum(runtime, context)
     reply = RecordDict(
         {REPLY_KEY: ConfigRecord(
             {"scalars": result.scalars, "start_hash": result.start_hash, "score": result.score, "slot": slot}
         )}
     )  # fmt: skip
     return Message(reply, reply_to=msg)
+
+
+def _keep_curriculum(runtime: LocalClient, context: Context) -> None:
+    """A loss-scored order lives in the node's Context, which Flower keeps for the run: on the
+    Deployment Engine each message may run in a fresh ClientApp process, and scoring again
+    under a later model would give another order (and other bytes) than every other path."""
+    state = runtime.curriculum.state()
+    if state is not None:
+        order, scored_round = state
+        context.state[CURRICULUM_KEY] = ConfigRecord({"order": order, "scored_round": scored_round})
+
+
+def _restore_curriculum(runtime: LocalClient, context: Context) -> None:
+    if CURRICULUM_KEY in context.state:
+        record = context.state[CURRICULUM_KEY]
+        runtime.curriculum.restore(cast(list[int], record["order"]), cast(int, record["scored_round"]))
 
 
 @app.query()

@@ -40,7 +40,9 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = simulate.load_config(Path(str(context.run_config["simulation-config"])))
     out_dir = str(context.run_config.get("out-dir", "")) or str(config.out_dir)
-    config = dataclasses.replace(config, out_dir=Path(out_dir), engine="inprocess", progress=False)
+    config = dataclasses.replace(
+        config, out_dir=Path(out_dir), engine="inprocess", ray_address="", progress=False
+    )
     _wait_for_nodes(grid, config.num_clients, float(context.run_config.get("join-timeout-s", 300)))
     task, engine = simulate.build_model(config)  # the driver's model follows the ledger
     _, test_set = simulate.load_data(config)

@@ -15,7 +15,8 @@ import flwr
 from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.clientapp import ClientApp
 
-FLOWER_VERSION = "1.42.0"  # the version these internals were written against
+from . import FLOWER_VERSION  # the version these internals were written against
+
 _TTL_S = 3600.0
 
 

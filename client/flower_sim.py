@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from flwr.simulation import run_simulation
 
 from fedseed import simulate
 from fedseed.codec import LogCodec
+from fedseed.errors import ConfigError
 from fedseed.local import RoundResult
 from fedseed.rounds import ClosedRound, FedKSeedRounds
 from fedseed.seeds import run_key
@@ -121,31 +123,44 @@ def run(config: simulate.SimulationConfig) -> simulate.SimulationReport:
     """The ``flower`` engine (entry point ``fedseed.engines``)."""
     payload = _plain(dataclasses.asdict(config))
     payload["engine"] = "inprocess"  # what each worker builds is the in-process client set
-    os.environ[flower_app.CONFIG_ENV] = json.dumps(payload)  # Ray workers inherit the driver's environment
+    payload["ray_address"] = ""
+    worker_env = {flower_app.CONFIG_ENV: json.dumps(payload)}
+    if config.ray_address:
+        return _run_on_ray(config, worker_env)
+    # A local Ray's workers inherit the driver's environment (a cluster's get worker_env).
+    os.environ.update(worker_env)
     try:
-        return _run_on_ray(config)
+        return _run_on_ray(config, worker_env)
     finally:
         os.environ.pop(flower_app.CONFIG_ENV, None)  # the driver's process is no worker
 
 
-def _run_on_ray(config: simulate.SimulationConfig) -> simulate.SimulationReport:
+def _run_on_ray(config: simulate.SimulationConfig, worker_env: dict[str, str]) -> simulate.SimulationReport:
     reports: list[simulate.SimulationReport] = []
-    cpus = os.cpu_count() or 1
-    # A loss-scored curriculum keeps per-client state in the worker that scored it; one
-    # worker keeps it in one place (and the run equal to the in-process one).
-    per_client = cpus if config.curriculum.needs_scores else 1
-    if config.curriculum.needs_scores:
-        log.info(
-            "a %s curriculum keeps client state: running Flower's engine with one worker",
-            config.curriculum.ordering,
-        )
+    init_args: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+    if config.ray_address:
+        # A cluster someone else started: its nodes say how many CPUs they lend; one per client.
+        init_args = {"address": config.ray_address, "logging_level": "WARNING"}
+        per_client = 1
+    else:
+        cpus = os.cpu_count() or 1
+        init_args["num_cpus"] = cpus
+        # A loss-scored curriculum keeps per-client state in the worker that scored it; one
+        # worker keeps it in one place (and the run equal to the in-process one).
+        per_client = cpus if config.curriculum.needs_scores else 1
+        if config.curriculum.needs_scores:
+            log.info(
+                "a %s curriculum keeps client state: running Flower's engine with one worker",
+                config.curriculum.ordering,
+            )
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "WARNING"},
+        "init_args": init_args,
     }
-    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+    attempts = 1 if config.ray_address else RAY_START_ATTEMPTS  # a cluster is not ours to restart
+    for attempt in range(1, attempts + 1):
         try:
-            _start_ray(backend_config["init_args"])
+            _start_ray(init_args, worker_env)
             run_simulation(
                 server_app=make_server_app(config, reports.append),
                 client_app=flower_app.app,
@@ -158,7 +173,7 @@ def _run_on_ray(config: simulate.SimulationConfig) -> simulate.SimulationReport:
             # server's port file after 30 s, the raylet's "timed out during startup"); nothing
             # of the run has happened then, so a fresh start is safe (the run begins at its
             # first round and rewrites its files).
-            if attempt == RAY_START_ATTEMPTS or not _ray_failed_to_start(exc):
+            if attempt == attempts or not _ray_failed_to_start(exc):
                 raise
             log.warning(
                 "Ray did not start (%s); starting it again (%d of %d)",
@@ -180,10 +195,13 @@ class RayStartError(RuntimeError):
     """Ray's local node did not come up; nothing of the run has started."""
 
 
-def _start_ray(init_args: dict[str, Any]) -> None:
-    """Start Ray here (Flower's backend reuses a running one), so a failed start is told apart.
+def _start_ray(init_args: dict[str, Any], worker_env: dict[str, str]) -> None:
+    """Start Ray here, or attach to a cluster (Flower's backend reuses either), so a failed start
+    is told apart from a failed run.
 
-    The runtime environment is the one Flower's backend would give its workers.
+    The runtime environment is the one Flower's backend would give its workers plus
+    ``worker_env``: a cluster's workers are started by its own nodes and inherit nothing
+    from this process, so the run's config travels in the job's runtime environment.
     """
     import ray
 
@@ -192,10 +210,33 @@ def _start_ray(init_args: dict[str, Any]) -> None:
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    address = init_args.get("address")
+    if address:
+        _check_reachable(address)
     try:
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **worker_env}}, **init_args)
     except Exception as exc:
+        if address:
+            detail = _first_line(exc)
+            raise ConfigError(f"could not attach to the Ray cluster at {address}: {detail}") from exc
         raise RayStartError(f"Ray's local node did not start: {exc}") from exc
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One line, now, for a head that does not answer: ``ray.init`` would retry for minutes."""
+    host, port = simulate.check_host_port("ray_address", address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start its head with "
+            f"`ray start --head --port {port}` or fix ray_address"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -55,6 +55,8 @@ def _simulate(args: argparse.Namespace) -> int:
     overrides = simulate.parse_overrides(args.set or [])
     if args.engine:
         overrides["engine"] = args.engine
+    if args.ray_address:
+        overrides["ray_address"] = args.ray_address
     if args.out:
         overrides["out_dir"] = args.out
     if args.no_progress:
@@ -224,6 +226,7 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     sim.add_argument("--config", help="TOML file (fedseed.simulate.SimulationConfig)")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     sim.add_argument("--engine", help="inprocess (default) or flower")
+    sim.add_argument("--ray-address", help="flower engine: attach to this Ray cluster head (host:port)")
     sim.add_argument("--out", help="folder for run folders (default runs/)")
     sim.add_argument("--no-progress", action="store_true")
     sim.add_argument("--force", action="store_true", help="replace an existing run folder of this name")

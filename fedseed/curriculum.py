@@ -175,6 +175,18 @@ class ClientCurriculum:
         self.order = order(scores, self.num_samples, self.config.ordering, self.seed)
         self.scored_round = round_index
 
+    def state(self) -> tuple[list[int], int] | None:
+        """What scoring decided (the order and its round), for a host that keeps no process."""
+        if self.scored_round is None or self.order is None:
+            return None
+        return [int(i) for i in self.order], self.scored_round
+
+    def restore(self, order_: Sequence[int], scored_round: int) -> None:
+        if sorted(order_) != list(range(self.num_samples)):
+            raise ValueError(f"a curriculum order must permute {self.num_samples} samples")
+        self.order = np.asarray(order_, dtype=np.int64)
+        self.scored_round = scored_round
+
     def available(self, progress: float) -> np.ndarray:
         """The sample indices in use at ``progress`` (a prefix of the order)."""
         if self.order is None:

@@ -72,6 +72,11 @@ class LocalClient:
         subset = self.shard[:samples]
         return as_float32(float(np.mean(curriculum.per_sample_losses(self.task, subset))))
 
+    @property
+    def curriculum(self) -> curriculum.ClientCurriculum:
+        assert self._curriculum is not None
+        return self._curriculum
+
     def _indices_in_use(self, round_index: int) -> np.ndarray:
         assert self._curriculum is not None
         if self.curriculum_config.ordering == "vanilla":

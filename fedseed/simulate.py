@@ -59,6 +59,14 @@ TASK_OVERHEAD_B = 40
 SUBMIT_OVERHEAD_B = 120
 
 
+def check_host_port(name: str, address: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets), or a ConfigError that shows the expected form."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in address:
+        raise ConfigError(f"{name} must be host:port (e.g. 10.0.0.5:6379), got {address!r}")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class SimulationConfig(RunSettings):
     """A simulation: the run's settings (RunSettings, the same keys at the top level) and its world."""
@@ -90,6 +98,7 @@ class SimulationConfig(RunSettings):
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "cpu"  # where the model and batches live: cpu | cuda | cuda:N (same bits: spec v1)
     engine: str = "inprocess"  # inprocess | flower (Flower's Simulation Engine, Ray)
+    ray_address: str = ""  # flower engine: a running Ray cluster's head (host:port); empty = start one here
     out_dir: Path = Path("runs")  # parent of the run folder
     progress: bool = True  # a progress bar on a terminal, a log line per round elsewhere
     partition: partition.PartitionConfig = field(default_factory=partition.PartitionConfig)  # table, below
@@ -110,6 +119,16 @@ class SimulationConfig(RunSettings):
         for name in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size", "test_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ray_address and self.engine != "flower":
+            raise ConfigError(f"ray_address attaches Flower's engine to Ray; engine is {self.engine!r}")
+        if self.ray_address:
+            check_host_port("ray_address", self.ray_address)
+        if self.ray_address and self.curriculum.needs_scores:
+            raise ConfigError(
+                f"a {self.curriculum.ordering!r} ordering keeps each client's difficulty scores in the Ray "
+                "worker that scored it, which a cluster cannot pin; use ordering vanilla or random, or a "
+                "local Ray (no ray_address)"
+            )
         if self.clients_per_round > self.num_clients:
             raise ConfigError(
                 f"clients_per_round ({self.clients_per_round}) exceeds num_clients ({self.num_clients})"

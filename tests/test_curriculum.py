@@ -99,3 +99,21 @@ def test_a_client_curriculum_grows_its_easy_prefix_and_rescores_on_cadence() -> 
 def test_bad_curriculum_settings_are_clear_errors(settings: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         CurriculumConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_a_scored_order_survives_a_new_process_through_its_state() -> None:
+    # The Deployment Engine may run each message in a fresh ClientApp process: the order
+    # scored in round 0 travels in Flower's Context, and a fresh curriculum restored from it
+    # serves the same prefix without scoring again (tests/test_equivalence.py runs it for real).
+    config = CurriculumConfig(ordering="curriculum", min_samples=2)
+    first = ClientCurriculum(config, 6, seed=1)
+    assert first.state() is None  # nothing scored yet: nothing to keep
+    first.rescore(np.array([5.0, 1.0, 4.0, 2.0, 3.0, 0.5]), round_index=0)
+    fresh = ClientCurriculum(config, 6, seed=1)
+    state = first.state()
+    assert state is not None
+    fresh.restore(*state)
+    assert not fresh.needs_scoring(1)
+    assert fresh.available(0.5).tolist() == first.available(0.5).tolist()
+    with pytest.raises(ValueError, match="permute 6 samples"):
+        fresh.restore([0, 0, 1, 2, 3, 4], 0)

@@ -1,5 +1,6 @@
-"""One run, three ways: the in-process simulator, Flower's Simulation Engine (Ray),
-and a real coordinator with client processes.
+"""One run, four ways: the in-process simulator, Flower's Simulation Engine (Ray), a real
+coordinator with client processes, and Flower's Deployment Engine (a SuperLink, one
+SuperNode per client and ``flwr run`` of deploy/flower).
 
 Same config (scores drive selection, a loss-scored data curriculum paces each
 client) -> the same ledger, entry for entry, and the same final model hash.
@@ -28,6 +29,7 @@ from fedseed.server.app import create_server, stop_gracefully
 from fedseed.server.coordinator import Coordinator, CoordinatorConfig
 from fedseed.server.store import CoordinatorStore
 from fedseed.settings import RunParams
+from tests.flower_federation import HAVE_FLOWER_CLI, federation, flwr_run
 
 CONFIG = """
 run_name = "equivalence"
@@ -69,7 +71,8 @@ def _client_command(port: int, config_path: Path, index: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAVE_FLOWER_CLI, reason="no Flower CLI")
+def test_four_paths_give_the_same_ledger_and_hash(tmp_path: Path) -> None:
     # Prepare: one config file for both ways.
     config_path = tmp_path / "sim.toml"
     config_path.write_text(CONFIG)
@@ -109,6 +112,11 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
     flower = simulate.load_config(config_path, {"out_dir": str(tmp_path / "flower"), "progress": False})
     flower_report = flower_sim.run(flower)
     flower_ledger = list(Ledger.load(flower_report.run_dir / "ledger.jsonl").entries)
+    # Execute 4: Flower's Deployment Engine, one SuperNode per client, the same config file.
+    with federation(tmp_path / "deploy", config_path, config.num_clients) as env:
+        deployed_dir = flwr_run(env, config_path, tmp_path / "deployed", tmp_path / "deploy")
+    deployed_ledger = list(Ledger.load(deployed_dir / "ledger.jsonl").entries)
+    deployed_hash = json.loads((deployed_dir / "summary.json").read_text())["final_hash"]
     # The coordinator's ledger: derived from its stored reply bytes alone.
     rounds = FedKSeedRounds(config.fedkseed, run_key(config.run_name), LogCodec())
     wire_ledger: list[LedgerEntry] = []
@@ -117,8 +125,9 @@ def test_simulator_and_coordinator_give_the_same_ledger_and_hash(tmp_path: Path)
         wire_ledger += rounds.aggregate(plan, closed.replies(config.local_steps))
     # Assert
     assert len(sim_ledger) > 0
-    assert wire_ledger == sim_ledger == flower_ledger
+    assert wire_ledger == sim_ledger == flower_ledger == deployed_ledger
     assert {s["model_hash"] for s in summaries} == {report.final_hash} == {flower_report.final_hash}
+    assert deployed_hash == report.final_hash
     assert report.final_hash != report.base_hash
     # The coordinator's database alone rebuilds that model (base model + its reply bytes); the
     # clients reported the hash after the last round on Leave, so every round is verified.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 import flwr
@@ -12,15 +14,26 @@ import pytest
 from flwr.app import Metadata
 
 from fedseed import data, tasks
-from fedseed.client import flower_app, flower_host
+from fedseed.client import FLOWER_VERSION, check_flower_version, flower_app, flower_host
 from fedseed.client.flower_app import register, reply_from, task_content
 from fedseed.codec import LogCodec
+from fedseed.errors import ConfigError
 from fedseed.ledger import model_hash
 from fedseed.local import LocalClient
 from fedseed.rounds import FedKSeedRounds, run_local_round
 from fedseed.seeds import run_key
 from fedseed.settings import RunSettings
 from fedseed.zo import TrainableSet, ZOEngine
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_flower_outside_the_pinned_series_is_one_line() -> None:
+    check_flower_version(FLOWER_VERSION.rsplit(".", 1)[0] + ".9")  # a patch release is fine
+    with pytest.raises(ConfigError, match=r"need flwr 1\.42\.x, found 1\.43\.0; install the pinned one"):
+        check_flower_version("1.43.0")
+    pin = re.search(r'"flwr\[simulation\]==([^"]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin and pin.group(1) == FLOWER_VERSION
 
 
 def test_flower_internals_we_rely_on_are_unchanged() -> None:
