@@ -131,15 +131,11 @@ def test_unsupported_dtype_is_a_clear_error() -> None:
 
 
 def _crc32_collision() -> tuple[str, str]:
-    seen: dict[int, str] = {}
-    i = 0
-    while True:
-        name = f"p{i}"
-        crc = zlib.crc32(name.encode())
-        if crc in seen:
-            return seen[crc], name
-        seen[crc] = name
-        i += 1
+    # Two names with one crc32, found once by searching p0, p1, ... (33 s: the first repeat of
+    # that family is at p32060020); the assert keeps the pair honest.
+    first, second = "p29685295", "p32060020"
+    assert zlib.crc32(first.encode()) == zlib.crc32(second.encode())
+    return first, second
 
 
 def test_two_tensors_with_one_stream_id_are_refused() -> None:
